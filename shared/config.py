@@ -1,0 +1,280 @@
+"""Configuration: the environment-variable contract, read and validated once per instance.
+
+Each function asks only for what it uses (least privilege): `load_config("callback")`
+does not need the app secret, `load_config("prepare")` does not need the APIv3 key.
+A missing or malformed variable raises `ConfigError` naming it; PEM keys are parsed
+here so a bad key fails at cold start, not at the first payment.  `repr()` never shows
+a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigError
+
+# Which variables each function needs.  Everything else is optional for it.
+_WECHATPAY_CALLER = (
+    "WECHATPAY_MCHID", "WECHAT_APPID", "WECHATPAY_PRIVATE_KEY", "WECHATPAY_CERT_SERIAL_NO",
+    "WECHATPAY_PUBLIC_KEY", "WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_NOTIFY_URL",
+)
+REQUIRED_BY_ROLE: dict[str, tuple[str, ...]] = {
+    # The store alone (tests, admin scripts).
+    "store": ("MONGODB_URI",),
+    "prepare": ("MONGODB_URI", "WECHAT_APPSECRET", "ORDER_TOKEN_SECRET") + _WECHATPAY_CALLER,
+    "callback": ("MONGODB_URI", "WECHATPAY_MCHID", "WECHAT_APPID", "WECHATPAY_APIV3_KEY",
+                 "WECHATPAY_PUBLIC_KEY", "WECHATPAY_PUBLIC_KEY_ID"),
+    "reconcile": ("MONGODB_URI",) + _WECHATPAY_CALLER,
+}
+
+# Never shown by repr() or in logs.
+SECRET_FIELDS = frozenset({
+    "mongodb_uri", "wechat_appsecret", "wechatpay_private_key", "wechatpay_apiv3_key",
+    "order_token_secret",
+})
+
+DEFAULT_WECHATPAY_API_BASE = "https://api.mch.weixin.qq.com"
+DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
+DEFAULT_ORDER_TTL_SECONDS = 1800
+# 20,000 yuan: a mini-shop default; raise it with ORDER_MAX_TOTAL_FEE.
+DEFAULT_ORDER_MAX_TOTAL_FEE = 2_000_000
+
+_APPID_RE = re.compile(r"^wx[0-9a-zA-Z]{16}$")
+_MCHID_RE = re.compile(r"^[0-9]{6,16}$")
+_SERIAL_RE = re.compile(r"^[0-9A-Za-z]{8,64}$")
+_PUBKEY_ID_RE = re.compile(r"^[0-9A-Za-z_]{4,80}$")
+_DBNAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Config:
+    role: str
+    mongodb_uri: str | None = None
+    mongodb_db: str = "cloudpay"
+    wechat_appid: str | None = None
+    wechat_appsecret: str | None = None
+    wechatpay_mchid: str | None = None
+    wechatpay_api_version: str = "v3"
+    wechatpay_private_key: Any = None        # cryptography RSAPrivateKey
+    wechatpay_cert_serial_no: str | None = None
+    wechatpay_apiv3_key: bytes | None = None  # exactly 32 bytes
+    wechatpay_public_key: Any = None         # cryptography RSAPublicKey
+    wechatpay_public_key_id: str | None = None
+    wechatpay_notify_url: str | None = None
+    wechatpay_api_base: str = DEFAULT_WECHATPAY_API_BASE
+    wechat_api_base: str = DEFAULT_WECHAT_API_BASE
+    order_token_secret: bytes | None = None
+    order_ttl_seconds: int = DEFAULT_ORDER_TTL_SECONDS
+    order_max_total_fee: int = DEFAULT_ORDER_MAX_TOTAL_FEE
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value is not None:
+                shown = "'***'"
+            elif f.name in ("wechatpay_private_key", "wechatpay_public_key") and value is not None:
+                shown = "<RSA key>"
+            else:
+                shown = repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"Config({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+# --- parsers: each takes the raw string and returns the typed value or raises ConfigError
+
+def _pem_text(name: str, raw: str, kind: str) -> bytes:
+    text = raw.strip()
+    # serverless.yml and CI secrets often carry the PEM with literal "\n".
+    if "\\n" in text and "\n" not in text:
+        text = text.replace("\\n", "\n")
+    if "-----BEGIN" not in text:
+        # A bare base64 body (as some consoles show it): wrap it.
+        body = re.sub(r"\s+", "", text)
+        lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+        text = f"-----BEGIN {kind}-----\n" + "\n".join(lines) + f"\n-----END {kind}-----"
+    if not text.isascii():
+        _fail(name, "is not ASCII PEM text")
+    return text.encode("ascii")
+
+
+def _fail(name: str, problem: str):
+    raise ConfigError(name, problem)
+
+
+def _private_key(name: str, raw: str):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(_pem_text(name, raw, "PRIVATE KEY"), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(name, "is not a readable unencrypted PEM private key") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        _fail(name, "must be an RSA private key")
+    if key.key_size < 2048:
+        _fail(name, f"RSA key is {key.key_size} bits; WeChat Pay needs 2048")
+    return key
+
+
+def _public_key(name: str, raw: str):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = _pem_text(name, raw, "PUBLIC KEY")
+    try:
+        if b"CERTIFICATE" in text:  # a platform certificate also works
+            key = x509.load_pem_x509_certificate(text).public_key()
+        else:
+            key = load_pem_public_key(text)
+    except ValueError as exc:
+        raise ConfigError(name, "is not a readable PEM public key or certificate") from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        _fail(name, "must be an RSA public key")
+    if key.key_size < 2048:
+        _fail(name, f"RSA key is {key.key_size} bits; expected 2048")
+    return key
+
+
+def _apiv3_key(name: str, raw: str) -> bytes:
+    key = raw.encode("utf-8")
+    if len(key) != 32:
+        _fail(name, f"must be exactly 32 bytes (got {len(key)})")
+    return key
+
+
+def _pattern(regex: re.Pattern, what: str):
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip()
+        if not regex.match(value):
+            _fail(name, f"is not a valid {what}")
+        return value
+    return parse
+
+
+def _mongodb_uri(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        _fail(name, "must start with mongodb:// or mongodb+srv://")
+    return value
+
+
+def _base_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        _fail(name, "must be an http(s) URL")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        _fail(name, "must use https (plain http is allowed only on loopback, for the simulator)")
+    return value
+
+
+def _notify_url(name: str, raw: str) -> str:
+    value = _base_url(name, raw)
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        _fail(name, "must not contain a query string or fragment (WeChat Pay rejects it)")
+    return value
+
+
+def _secret_bytes(name: str, raw: str) -> bytes:
+    value = raw.encode("utf-8")
+    if len(value) < 32:
+        _fail(name, f"must be at least 32 bytes of random text (got {len(value)})")
+    return value
+
+
+def _int_range(low: int, high: int):
+    def parse(name: str, raw: str) -> int:
+        value = raw.strip()
+        if not re.fullmatch(r"[0-9]{1,12}", value):
+            _fail(name, "must be a whole number")
+        number = int(value)
+        if not low <= number <= high:
+            _fail(name, f"must be between {low} and {high}")
+        return number
+    return parse
+
+
+def _api_version(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "v2":
+        _fail(name, "v2 is not supported by this release; use v3 (the default)")
+    if value != "v3":
+        _fail(name, "must be v3")
+    return value
+
+
+# variable -> (Config field, parser)
+_VARIABLES: dict[str, tuple[str, Any]] = {
+    "MONGODB_URI": ("mongodb_uri", _mongodb_uri),
+    "MONGODB_DB": ("mongodb_db", _pattern(_DBNAME_RE, "database name")),
+    "WECHAT_APPID": ("wechat_appid", _pattern(_APPID_RE, "mini-program appid (wx + 16 chars)")),
+    "WECHAT_APPSECRET": ("wechat_appsecret", _pattern(re.compile(r"^[0-9A-Za-z]{16,64}$"),
+                                                       "app secret")),
+    "WECHATPAY_MCHID": ("wechatpay_mchid", _pattern(_MCHID_RE, "merchant id (digits)")),
+    "WECHATPAY_API_VERSION": ("wechatpay_api_version", _api_version),
+    "WECHATPAY_PRIVATE_KEY": ("wechatpay_private_key", _private_key),
+    "WECHATPAY_CERT_SERIAL_NO": ("wechatpay_cert_serial_no",
+                                 _pattern(_SERIAL_RE, "certificate serial number")),
+    "WECHATPAY_APIV3_KEY": ("wechatpay_apiv3_key", _apiv3_key),
+    "WECHATPAY_PUBLIC_KEY": ("wechatpay_public_key", _public_key),
+    "WECHATPAY_PUBLIC_KEY_ID": ("wechatpay_public_key_id",
+                                _pattern(_PUBKEY_ID_RE, "public key id (PUB_KEY_ID_...)")),
+    "WECHATPAY_NOTIFY_URL": ("wechatpay_notify_url", _notify_url),
+    "WECHATPAY_API_BASE": ("wechatpay_api_base", _base_url),
+    "WECHAT_API_BASE": ("wechat_api_base", _base_url),
+    "ORDER_TOKEN_SECRET": ("order_token_secret", _secret_bytes),
+    # WeChat Pay clamps time_expire to [1 min, 90 days].
+    "ORDER_TTL_SECONDS": ("order_ttl_seconds", _int_range(60, 90 * 24 * 3600)),
+    "ORDER_MAX_TOTAL_FEE": ("order_max_total_fee", _int_range(1, 10**11)),
+}
+
+
+def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the variables for `role` from `environ` (default os.environ)."""
+    if role not in REQUIRED_BY_ROLE:
+        raise ValueError(f"unknown role {role!r}")
+    env = os.environ if environ is None else environ
+    required = REQUIRED_BY_ROLE[role]
+    values: dict[str, Any] = {"role": role}
+    for variable, (field_name, parse) in _VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None or raw.strip() == "":
+            if variable in required:
+                raise ConfigError(variable, "is required but not set")
+            continue
+        values[field_name] = parse(variable, raw)
+    return Config(**values)
+
+
+_cache: dict[str, Config] = {}
+_cache_lock = threading.Lock()
+
+
+def get_config(role: str) -> Config:
+    """The instance's configuration for `role`, loaded once (warm invocations reuse it)."""
+    config = _cache.get(role)
+    if config is None:
+        with _cache_lock:
+            config = _cache.get(role)
+            if config is None:
+                config = load_config(role)
+                _cache[role] = config
+    return config
+
+
+def reset_cache() -> None:
+    """Forget the loaded configuration (tests, or after a secret rotation)."""
+    with _cache_lock:
+        _cache.clear()

@@ -1,0 +1,178 @@
+"""The one error hierarchy of cloudpay-scf.
+
+Every error a caller may see carries an HTTP status, an UPPER_SNAKE code and a human
+message.  `shared.http_event` is the single place that turns them into responses; no
+other module decides a status code.  Messages never contain secrets or payer data.
+"""
+
+from __future__ import annotations
+
+
+class CloudPayError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        # Safe, non-secret evidence for logs (never sent to a client unless asked).
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+# --- configuration -------------------------------------------------------------------
+
+class ConfigError(CloudPayError):
+    """Missing or malformed configuration; raised at cold start, names the variable."""
+
+    code = "CONFIG_INVALID"
+
+    def __init__(self, variable: str, problem: str):
+        super().__init__(f"{variable}: {problem}", details={"variable": variable})
+        self.variable = variable
+
+
+# --- client-facing (4xx) -------------------------------------------------------------
+
+class BadRequest(CloudPayError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class Unauthorized(CloudPayError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(CloudPayError):
+    status = 403
+    code = "FORBIDDEN"
+
+
+class NotFound(CloudPayError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class Conflict(CloudPayError):
+    status = 409
+    code = "CONFLICT"
+
+
+class PayloadTooLarge(CloudPayError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+# --- the order store -----------------------------------------------------------------
+
+class StoreError(CloudPayError):
+    """Base of store failures; callers map the subclasses to 503 / 409 / 404."""
+
+
+class StoreUnavailable(StoreError):
+    status = 503
+    code = "STORE_UNAVAILABLE"
+
+
+class StoreConflict(StoreError, Conflict):
+    """A unique key already exists (duplicate order number, refund number, ...)."""
+
+    code = "CONFLICT"
+
+
+class StoreNotFound(StoreError, NotFound):
+    code = "NOT_FOUND"
+
+
+class IllegalTransition(StoreError, Conflict):
+    """The state machine forbids this change (e.g. SUCCESS -> NOTPAY)."""
+
+    code = "ILLEGAL_TRANSITION"
+
+
+# --- WeChat Pay and WeChat login -----------------------------------------------------
+
+class WeChatPayError(CloudPayError):
+    """Base of WeChat Pay call failures: the client gets 502."""
+
+    status = 502
+    code = "WECHATPAY_ERROR"
+
+
+class WeChatPayRejected(WeChatPayError):
+    """WeChat Pay answered with its error JSON: `wechat_code` is its reason code."""
+
+    def __init__(self, wechat_code: str, message: str, *, http_status: int | None = None):
+        super().__init__(message, code=f"WECHATPAY_{wechat_code}",
+                         details={"wechatCode": wechat_code, "httpStatus": http_status})
+        self.wechat_code = wechat_code
+        self.http_status = http_status
+
+
+class WeChatPayUnreachable(WeChatPayError):
+    """Transport failure or timeout: WeChat Pay could not be reached (outcome unknown)."""
+
+    code = "WECHATPAY_UNREACHABLE"
+
+
+class WeChatPayBadResponse(WeChatPayError):
+    """A response we cannot trust: missing or wrong signature, unparseable body, bad hash."""
+
+    code = "WECHATPAY_BAD_RESPONSE"
+
+
+class LoginFailed(Unauthorized):
+    """code2session refused the code (expired, reused or forged)."""
+
+    code = "LOGIN_FAILED"
+
+
+class LoginUnavailable(CloudPayError):
+    """WeChat's login service could not be reached."""
+
+    status = 502
+    code = "WECHAT_LOGIN_UNAVAILABLE"
+
+
+# --- notifications (callback) --------------------------------------------------------
+
+class NotificationRejected(CloudPayError):
+    """A notification we refuse before touching the store; WeChat Pay will retry."""
+
+    status = 401
+    code = "NOTIFICATION_REJECTED"
+
+
+class SignatureInvalid(NotificationRejected):
+    code = "SIGNATURE_INVALID"
+
+
+class SignatureProbe(NotificationRejected):
+    code = "SIGNATURE_PROBE"
+
+
+class UnknownSerial(NotificationRejected):
+    code = "UNKNOWN_SERIAL"
+
+
+class TimestampOutOfRange(NotificationRejected):
+    code = "TIMESTAMP_OUT_OF_RANGE"
+
+
+class DecryptFailed(NotificationRejected):
+    """Signature was fine but the resource did not decrypt (wrong APIv3 key?)."""
+
+    status = 400
+    code = "DECRYPT_FAILED"
+
+
+class MalformedNotification(NotificationRejected):
+    status = 400
+    code = "MALFORMED_NOTIFICATION"

@@ -1,0 +1,47 @@
+"""Structured logs: one JSON object per line on stdout (SCF ships stdout to CLS).
+
+Call `log("callback.handled", outTradeNo=..., outcome=..., ms=...)`.  Field names that
+look like secrets are masked, so a careless call cannot leak a key into the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+_SECRET_WORDS = ("secret", "key", "token", "password", "signature", "session", "authorization",
+                 "ciphertext", "uri")
+_lock = threading.Lock()
+_sink = sys.stdout
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: ("***" if _is_secret(str(k)) else _clean(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def log(event: str, level: str = "info", **fields) -> None:
+    record = {"ts": int(time.time() * 1000), "level": level, "event": event}
+    record.update(_clean(fields))
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    with _lock:
+        _sink.write(line + "\n")
+        _sink.flush()
+
+
+def set_sink(stream) -> None:
+    """Send log lines elsewhere (tests capture them to check nothing secret is logged)."""
+    global _sink
+    _sink = stream
