@@ -45,6 +45,9 @@ INDEXES: dict[str, list[tuple[list, dict]]] = {
     "products": [([("sku", 1)], {"unique": True, "name": "sku_unique"})],
     "orders": [
         ([("outTradeNo", 1)], {"unique": True, "name": "outTradeNo_unique"}),
+        # Every order carries one (random when the client sent no idempotencyKey), so
+        # the unique index needs no partial filter.
+        ([("idemKey", 1)], {"unique": True, "name": "idemKey_unique"}),
         ([("payStatus", 1), ("expireTime", 1)], {"name": "status_expire"}),
         ([("payStatus", 1), ("createTime", 1)], {"name": "status_create"}),
         ([("openid", 1), ("createTime", -1)], {"name": "openid_create"}),
@@ -208,11 +211,14 @@ class OrderStore:
         doc.setdefault("createTime", now)
         doc.setdefault("updateTime", now)
         # Initialised at insert: counters are never created by $inc later.
-        doc.setdefault("refundedFee", 0)
-        doc.setdefault("refundingFee", 0)
+        doc.setdefault("refundedFee", 0)    # refunds that succeeded
+        doc.setdefault("refundingFee", 0)   # reserved by refunds in flight
+        doc.setdefault("refundableFee", 0)  # set to totalFee when paid; reservations take from it
+        doc.setdefault("refundStates", {})  # outRefundNo -> state of that refund on this order
         doc.setdefault("transactionId", None)
         doc.setdefault("prepayId", None)
         doc.setdefault("paidAt", None)
+        doc.setdefault("idemKey", "once:" + secrets.token_hex(16))
         self.orders.insert_one(doc)
         doc.pop("_id", None)
         return doc
@@ -226,6 +232,10 @@ class OrderStore:
         if order is None:
             raise StoreNotFound("no such order", details={"outTradeNo": out_trade_no})
         return order
+
+    @translate_errors
+    def find_order_by_idem_key(self, idem_key: str) -> dict | None:
+        return self.orders.find_one({"idemKey": idem_key}, {"_id": 0})
 
     @translate_errors
     def update_order_fields(self, out_trade_no: str, fields: dict, *,
@@ -301,6 +311,77 @@ class OrderStore:
             return False
         return True
 
+    # --- refunds on the order: each step one compare-and-set on the order document ------
+
+    @translate_errors
+    def reserve_refund(self, out_trade_no: str, out_refund_no: str, amount: int) -> dict | None:
+        """Take `amount` from what is still refundable, once per refund number.
+
+        None when the order is not paid, not refundable by that much, or the refund
+        number is already on it.  Concurrent reservations can never exceed the total.
+        """
+        _require_fen(amount, "amount", allow_zero=False)
+        field = _refund_field(out_refund_no)
+        query = {"outTradeNo": out_trade_no,
+                 "payStatus": {"$in": [order_states.SUCCESS, order_states.REFUND]},
+                 "refundableFee": {"$gte": amount}, field: {"$exists": False}}
+        update = {"$inc": {"refundableFee": -amount, "refundingFee": amount},
+                  "$set": {field: REFUND_RESERVED, "updateTime": self.clock()}}
+        return self.orders.find_one_and_update(query, update, projection={"_id": 0},
+                                               return_document=ReturnDocument.AFTER)
+
+    @translate_errors
+    def settle_refund(self, out_trade_no: str, out_refund_no: str, amount: int, outcome: str) -> dict | None:
+        """Move a reserved refund to SUCCESS (counted as refunded) or RELEASED (given back).
+
+        None when the refund is not reserved on the order (already settled: a retry).
+        """
+        field = _refund_field(out_refund_no)
+        if outcome == REFUND_SUCCEEDED:
+            inc = {"refundingFee": -amount, "refundedFee": amount}
+        elif outcome == REFUND_RELEASED:
+            inc = {"refundingFee": -amount, "refundableFee": amount}
+        else:
+            raise ValueError(f"unknown refund outcome {outcome!r}")
+        query = {"outTradeNo": out_trade_no, field: REFUND_RESERVED}
+        update = {"$inc": inc, "$set": {field: outcome, "updateTime": self.clock()}}
+        return self.orders.find_one_and_update(query, update, projection={"_id": 0},
+                                               return_document=ReturnDocument.AFTER)
+
+    @translate_errors
+    def apply_unreserved_refund(self, out_trade_no: str, out_refund_no: str, amount: int) -> dict | None:
+        """A refund we never requested (merchant console) that WeChat reports as done."""
+        _require_fen(amount, "amount", allow_zero=False)
+        field = _refund_field(out_refund_no)
+        query = {"outTradeNo": out_trade_no,
+                 "payStatus": {"$in": [order_states.SUCCESS, order_states.REFUND]},
+                 "refundableFee": {"$gte": amount}, field: {"$exists": False}}
+        update = {"$inc": {"refundableFee": -amount, "refundedFee": amount},
+                  "$set": {field: REFUND_SUCCEEDED, "updateTime": self.clock()}}
+        return self.orders.find_one_and_update(query, update, projection={"_id": 0},
+                                               return_document=ReturnDocument.AFTER)
+
+    # --- the refunds collection (a projection of the order's refundStates) -------------
+
+    @translate_errors
+    def insert_refund(self, record: dict) -> None:
+        """StoreConflict when the outRefundNo exists."""
+        self.refunds.insert_one(dict(record))
+
+    @translate_errors
+    def insert_refund_if_absent(self, record: dict) -> None:
+        self.refunds.update_one({"outRefundNo": record["outRefundNo"]}, {"$setOnInsert": record},
+                                upsert=True)
+
+    @translate_errors
+    def find_refund(self, out_refund_no: str) -> dict | None:
+        return self.refunds.find_one({"outRefundNo": out_refund_no}, {"_id": 0})
+
+    @translate_errors
+    def update_refund(self, out_refund_no: str, fields: dict) -> None:
+        self.refunds.update_one({"outRefundNo": out_refund_no},
+                                {"$set": {**fields, "updateTime": self.clock()}})
+
     # --- events and anomalies -----------------------------------------------------
 
     @translate_errors
@@ -347,6 +428,17 @@ class OrderStore:
         if kind is not None:
             query["kind"] = kind
         return list(self.anomalies.find(query, {"_id": 0}).sort("createTime", 1))
+
+
+REFUND_RESERVED = "RESERVED"
+REFUND_SUCCEEDED = "SUCCEEDED"
+REFUND_RELEASED = "RELEASED"
+
+
+def _refund_field(out_refund_no: str) -> str:
+    if not out_refund_no or "." in out_refund_no or out_refund_no.startswith("$"):
+        raise ValueError("invalid outRefundNo")
+    return f"refundStates.{out_refund_no}"
 
 
 def _require_fen(value, name: str, *, allow_zero: bool) -> None:

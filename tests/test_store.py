@@ -258,3 +258,44 @@ def test_client_defaults_are_small_and_poll_and_uri_wins():
 
 def test_one_client_per_uri(mongo_uri):
     assert get_client(mongo_uri) is get_client(mongo_uri)
+
+
+# --- refund reservations: one compare-and-set on the order -----------------------------
+
+def _paid_order(store, out_trade_no: str, total: int) -> None:
+    store.insert_order(new_order(out_trade_no, total_fee=total))
+    store.transition(out_trade_no, st.SUCCESS, fields={"transactionId": "T", "refundableFee": total})
+
+
+def test_concurrent_refund_reservations_never_exceed_the_total(store):
+    _paid_order(store, "REFUND01", 100)
+    results = run_concurrently(20, lambda i: store.reserve_refund("REFUND01", f"R{i:03d}", 30))
+    assert [exc for _, exc in results if exc] == []
+    winners = [r for r, _ in results if r is not None]
+    assert len(winners) == 3
+    order = store.get_order("REFUND01")
+    assert order["refundableFee"] == 10 and order["refundingFee"] == 90
+
+
+def test_refund_reservation_is_once_per_refund_number_and_settles_once(store):
+    _paid_order(store, "REFUND02", 100)
+    assert store.reserve_refund("REFUND02", "R1", 40) is not None
+    assert store.reserve_refund("REFUND02", "R1", 40) is None  # same number again
+    results = run_concurrently(10, lambda i: store.settle_refund("REFUND02", "R1", 40, "SUCCEEDED"))
+    assert sum(1 for r, _ in results if r is not None) == 1
+    order = store.get_order("REFUND02")
+    assert (order["refundedFee"], order["refundingFee"], order["refundableFee"]) == (40, 0, 60)
+    assert store.settle_refund("REFUND02", "R1", 40, "RELEASED") is None  # already settled
+
+
+def test_released_refund_gives_the_amount_back(store):
+    _paid_order(store, "REFUND03", 100)
+    store.reserve_refund("REFUND03", "R1", 100)
+    assert store.reserve_refund("REFUND03", "R2", 1) is None
+    store.settle_refund("REFUND03", "R1", 100, "RELEASED")
+    assert store.reserve_refund("REFUND03", "R2", 100) is not None
+
+
+def test_unpaid_order_cannot_reserve_a_refund(store):
+    store.insert_order(new_order("REFUND04", total_fee=100))
+    assert store.reserve_refund("REFUND04", "R1", 1) is None
