@@ -115,6 +115,12 @@ class WeChatPayRejected(WeChatPayError):
         self.wechat_code = wechat_code
         self.http_status = http_status
 
+    @property
+    def outcome_unknown(self) -> bool:
+        """A 5xx (SYSTEM_ERROR ...) may have been applied: retry with the same
+        parameters, do not assume it was refused."""
+        return self.http_status is None or self.http_status >= 500
+
 
 class WeChatPayUnreachable(WeChatPayError):
     """Transport failure or timeout: WeChat Pay could not be reached (outcome unknown)."""

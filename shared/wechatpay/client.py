@@ -1,0 +1,478 @@
+"""WeChat Pay APIv3 client: prepay, query, close, refund, trade bill, requestPayment params.
+
+One `WeChatPayClient` per warm instance (`get_client(config)`), holding one pooled
+`requests.Session`.  Every request is signed (`Authorization: WECHATPAY2-SHA256-RSA2048
+...`, merchant key) and every 2xx response must carry a valid WeChat Pay signature over
+its raw body (public-key mode: `Wechatpay-Serial` must be our `PUB_KEY_ID_...`), else
+`WeChatPayBadResponse`.  Failures are told apart for the callers:
+
+- `WeChatPayRejected`    WeChat Pay answered non-2xx ("it said no"); `.wechat_code` is its
+                         code (`ORDER_NOT_EXIST`, `PARAM_ERROR`, ...) or `HTTP_<status>`
+                         when the body was not WeChat's error JSON (a proxy's 502 page).
+- `WeChatPayUnreachable` transport failure or timeout: the outcome is unknown (a POST may
+                         have landed), so callers must reconcile, not assume failure.
+- `WeChatPayBadResponse` an answer we must not trust (unsigned, badly signed, not JSON,
+                         bill hash mismatch, download URL on a foreign host).
+
+Amounts are integers in fen; `bool` and `float` are refused.  Thread-safe: the client
+keeps no per-call state, `requests.Session` connection pools are thread-safe, and the
+clock and nonce functions are injected (tests make them deterministic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from shared.errors import (
+    NotificationRejected,
+    WeChatPayBadResponse,
+    WeChatPayRejected,
+    WeChatPayUnreachable,
+)
+from shared.log import log
+from shared.wechatpay import signing
+from shared.wechatpay.notification import verify_signature
+
+USER_AGENT = "cloudpay-scf"
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 8.0
+# Bills can be large; the download gets a longer read timeout than API calls.
+DEFAULT_BILL_READ_TIMEOUT = 30.0
+DEFAULT_MAX_BILL_BYTES = 50 * 1024 * 1024
+# Signed responses older or newer than this are refused, as the official SDKs do.
+RESPONSE_TOLERANCE = 300
+
+_OUT_TRADE_NO_RE = re.compile(r"[0-9A-Za-z_\-|*]{6,32}")
+_OUT_REFUND_NO_RE = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
+_OPENID_RE = re.compile(r"[0-9A-Za-z_\-]{1,128}")
+_PREPAY_ID_RE = re.compile(r"[0-9A-Za-z_\-]{1,128}")
+_RFC3339_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+                         r"(Z|[+-][0-9]{2}:[0-9]{2})")
+_BILL_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_BILL_TYPES = ("ALL", "SUCCESS", "REFUND")
+_WECHAT_CODE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_SHA1_HEX_RE = re.compile(r"[0-9a-fA-F]{40}")
+_MAX_MESSAGE = 256
+# WeChat Pay's main and backup API hosts: a bill applied for on one may be served by the
+# other.  Any other download host is refused (see `_download`).
+_WECHATPAY_HOSTS = frozenset({"api.mch.weixin.qq.com", "api2.mch.weixin.qq.com"})
+
+
+def _fen(name: str, value: Any) -> int:
+    """An amount in fen: a positive int (bool and float are refused, as is 0)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of fen, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive (fen)")
+    return value
+
+
+def _text(name: str, value: Any, pattern: re.Pattern | None = None, max_len: int | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ValueError(f"{name} has an invalid format")
+    if max_len is not None and len(value) > max_len:
+        raise ValueError(f"{name} is longer than {max_len} characters")
+    return value
+
+
+def _quote(piece: str) -> str:
+    """One path segment, percent-encoded ('/' included), so it cannot change the route."""
+    return quote(piece, safe="")
+
+
+class WeChatPayClient:
+    """Signed APIv3 calls for one merchant (public-key mode).
+
+    Build it with `WeChatPayClient.from_config(config)`; the constructor takes the
+    pieces explicitly so tests can inject `clock` (epoch seconds) and `nonce_func`.
+    """
+
+    def __init__(self, *, mchid: str, appid: str, private_key, cert_serial_no: str, public_key,
+                 public_key_id: str, notify_url: str | None, api_base: str,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT,
+                 bill_read_timeout: float = DEFAULT_BILL_READ_TIMEOUT,
+                 max_bill_bytes: int = DEFAULT_MAX_BILL_BYTES,
+                 clock: Callable[[], float] = time.time,
+                 nonce_func: Callable[[], str] = signing.nonce,
+                 pool_maxsize: int = 4,
+                 session: requests.Session | None = None):
+        for name, value in (("mchid", mchid), ("appid", appid), ("cert_serial_no", cert_serial_no),
+                            ("public_key_id", public_key_id), ("api_base", api_base)):
+            if not value:
+                raise ValueError(f"WeChatPayClient needs {name}")
+        if private_key is None or public_key is None:
+            raise ValueError("WeChatPayClient needs the merchant private key and the WeChat Pay public key")
+        self.mchid = mchid
+        self.appid = appid
+        self._private_key = private_key
+        self._cert_serial_no = cert_serial_no
+        self._public_key = public_key
+        self.public_key_id = public_key_id
+        self.notify_url = notify_url
+        self.api_base = api_base.rstrip("/")
+        base = urlsplit(self.api_base)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise ValueError("api_base must be an http(s) URL")
+        self._origin = (base.scheme.lower(), base.netloc.lower())
+        self._base_path = base.path.rstrip("/")  # signed: the server sees it as part of the path
+        self.timeout = (connect_timeout, read_timeout)
+        self.bill_timeout = (connect_timeout, bill_read_timeout)
+        self.max_bill_bytes = max_bill_bytes
+        self._clock = clock
+        self._nonce = nonce_func
+        self._session = session or self._new_session(pool_maxsize)
+
+    @classmethod
+    def from_config(cls, config, **kwargs) -> WeChatPayClient:
+        """The client for a loaded `shared.config.Config` (roles prepare / reconcile)."""
+        return cls(mchid=config.wechatpay_mchid, appid=config.wechat_appid,
+                   private_key=config.wechatpay_private_key,
+                   cert_serial_no=config.wechatpay_cert_serial_no,
+                   public_key=config.wechatpay_public_key,
+                   public_key_id=config.wechatpay_public_key_id,
+                   notify_url=config.wechatpay_notify_url,
+                   api_base=config.wechatpay_api_base, **kwargs)
+
+    @staticmethod
+    def _new_session(pool_maxsize: int) -> requests.Session:
+        session = requests.Session()
+        # max_retries=0: a POST that timed out may have landed, so it is never replayed
+        # behind the caller's back; GETs are cheap for the caller to retry itself.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __repr__(self) -> str:
+        return f"WeChatPayClient(mchid={self.mchid!r}, api_base={self.api_base!r})"
+
+    # --- transport ------------------------------------------------------------------
+
+    def _authorization(self, method: str, signed_path: str, body: bytes) -> str:
+        return signing.authorization_header(
+            self.mchid, self._cert_serial_no, self._private_key, method, signed_path, body,
+            str(int(self._clock())), self._nonce())
+
+    def _headers(self, method: str, signed_path: str, body: bytes) -> dict[str, str]:
+        return {
+            "Authorization": self._authorization(method, signed_path, body),
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "Wechatpay-Serial": self.public_key_id,
+            "User-Agent": USER_AGENT,
+        }
+
+    def _call(self, method: str, path: str, *, query: dict[str, str] | None = None,
+              payload: dict | None = None) -> tuple[int, bytes]:
+        """Send one signed request; return (status, raw body) of a verified 2xx answer."""
+        signed_path = self._base_path + path + (("?" + urlencode(query)) if query else "")
+        # The exact bytes that are signed are the bytes that are sent.
+        body = (json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                if payload is not None else b"")
+        started = time.monotonic()
+        status: int | None = None
+        outcome = "error"
+        try:
+            try:
+                response = self._session.request(
+                    method, self._origin[0] + "://" + self._origin[1] + signed_path,
+                    data=body if payload is not None else None,
+                    headers=self._headers(method, signed_path, body),
+                    timeout=self.timeout, allow_redirects=False)
+                status = response.status_code
+                raw = response.content  # reading the body can time out too
+            except requests.RequestException as exc:
+                outcome = "unreachable"
+                raise WeChatPayUnreachable(
+                    f"WeChat Pay could not be reached ({type(exc).__name__}); "
+                    "the outcome of the call is unknown",
+                    details={"path": path, "cause": type(exc).__name__}) from exc
+            if not 200 <= status < 300:
+                outcome = "rejected"
+                raise self._rejected(status, raw, path)
+            outcome = "bad_response"
+            self._verify(response.headers, raw, path)
+            outcome = "ok"
+            return status, raw
+        finally:
+            log("wechatpay.call", level="info" if outcome == "ok" else "warning", method=method,
+                path=path, status=status, outcome=outcome, ms=int((time.monotonic() - started) * 1000))
+
+    def _verify(self, headers, raw: bytes, path: str) -> None:
+        try:
+            verify_signature(headers, raw, public_key=self._public_key, public_key_id=self.public_key_id,
+                             now=self._clock(), tolerance=RESPONSE_TOLERANCE)
+        except NotificationRejected as exc:
+            raise WeChatPayBadResponse(f"WeChat Pay response is not trustworthy: {exc.message}",
+                                       details={"path": path, "check": exc.code}) from exc
+
+    @staticmethod
+    def _rejected(status: int, raw: bytes, path: str) -> WeChatPayRejected:
+        code = message = None
+        try:
+            error = json.loads(raw.decode("utf-8"))
+            if isinstance(error, dict):
+                code, message = error.get("code"), error.get("message")
+        except (UnicodeDecodeError, ValueError):
+            pass
+        if isinstance(code, str) and _WECHAT_CODE_RE.fullmatch(code):
+            text = message if isinstance(message, str) and message else code
+            return WeChatPayRejected(code, text[:_MAX_MESSAGE], http_status=status)
+        return WeChatPayRejected(f"HTTP_{status}", f"WeChat Pay answered HTTP {status} without an error code",
+                                 http_status=status)
+
+    @staticmethod
+    def _json(raw: bytes, path: str) -> dict:
+        try:
+            value = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise WeChatPayBadResponse("WeChat Pay response is not JSON", details={"path": path}) from None
+        if not isinstance(value, dict):
+            raise WeChatPayBadResponse("WeChat Pay response is not a JSON object", details={"path": path})
+        return value
+
+    # --- API ------------------------------------------------------------------------
+
+    def jsapi_prepay(self, *, out_trade_no: str, description: str, total_fee: int, openid: str,
+                     time_expire: str, notify_url: str | None = None, attach: str | None = None) -> str:
+        """POST /v3/pay/transactions/jsapi; returns the `prepay_id` (valid 2 hours).
+
+        `time_expire` is RFC 3339 (`2024-05-01T12:30:00+08:00`); `notify_url` defaults to
+        the configured WECHATPAY_NOTIFY_URL.
+        """
+        payload: dict[str, Any] = {
+            "appid": self.appid,
+            "mchid": self.mchid,
+            "description": _text("description", description, max_len=127),
+            "out_trade_no": _text("out_trade_no", out_trade_no, _OUT_TRADE_NO_RE),
+            "time_expire": _text("time_expire", time_expire, _RFC3339_RE),
+            "notify_url": _text("notify_url", notify_url or self.notify_url),
+            "amount": {"total": _fen("total_fee", total_fee), "currency": "CNY"},
+            "payer": {"openid": _text("openid", openid, _OPENID_RE)},
+        }
+        if attach is not None:
+            payload["attach"] = _text("attach", attach, max_len=128)
+        path = "/v3/pay/transactions/jsapi"
+        _, raw = self._call("POST", path, payload=payload)
+        prepay_id = self._json(raw, path).get("prepay_id")
+        if not isinstance(prepay_id, str) or not _PREPAY_ID_RE.fullmatch(prepay_id):
+            raise WeChatPayBadResponse("prepay answer lacks a valid prepay_id", details={"path": path})
+        return prepay_id
+
+    def query_order(self, out_trade_no: str) -> dict:
+        """GET /v3/pay/transactions/out-trade-no/{out_trade_no}?mchid=...: the transaction.
+
+        Unknown orders raise `WeChatPayRejected` with `wechat_code == "ORDER_NOT_EXIST"`.
+        """
+        otn = _text("out_trade_no", out_trade_no, _OUT_TRADE_NO_RE)
+        path = f"/v3/pay/transactions/out-trade-no/{_quote(otn)}"
+        _, raw = self._call("GET", path, query={"mchid": self.mchid})
+        return self._json(raw, path)
+
+    def close_order(self, out_trade_no: str) -> None:
+        """POST /v3/pay/transactions/out-trade-no/{out_trade_no}/close (204, signed, empty)."""
+        otn = _text("out_trade_no", out_trade_no, _OUT_TRADE_NO_RE)
+        self._call("POST", f"/v3/pay/transactions/out-trade-no/{_quote(otn)}/close",
+                   payload={"mchid": self.mchid})
+
+    def refund(self, *, out_trade_no: str, out_refund_no: str, refund: int, total: int,
+               reason: str | None = None, notify_url: str | None = None) -> dict:
+        """POST /v3/refund/domestic/refunds; returns the refund (`status`: SUCCESS,
+        PROCESSING, CLOSED or ABNORMAL).  `notify_url` defaults to WECHATPAY_NOTIFY_URL."""
+        refund = _fen("refund", refund)
+        total = _fen("total", total)
+        if refund > total:
+            raise ValueError("refund cannot exceed total")
+        payload: dict[str, Any] = {
+            "out_trade_no": _text("out_trade_no", out_trade_no, _OUT_TRADE_NO_RE),
+            "out_refund_no": _text("out_refund_no", out_refund_no, _OUT_REFUND_NO_RE),
+            "amount": {"refund": refund, "total": total, "currency": "CNY"},
+        }
+        if reason is not None:
+            payload["reason"] = _text("reason", reason, max_len=80)
+        target = notify_url or self.notify_url
+        if target:
+            payload["notify_url"] = _text("notify_url", target)
+        path = "/v3/refund/domestic/refunds"
+        _, raw = self._call("POST", path, payload=payload)
+        return self._json(raw, path)
+
+    def query_refund(self, out_refund_no: str) -> dict:
+        """GET /v3/refund/domestic/refunds/{out_refund_no}."""
+        orn = _text("out_refund_no", out_refund_no, _OUT_REFUND_NO_RE)
+        path = f"/v3/refund/domestic/refunds/{_quote(orn)}"
+        _, raw = self._call("GET", path)
+        return self._json(raw, path)
+
+    def trade_bill(self, bill_date: str, bill_type: str = "ALL") -> bytes:
+        """The day's trade bill (CSV bytes, amounts in yuan), downloaded and checked.
+
+        Two steps: GET /v3/bill/tradebill (signed answer: hash_type, hash_value,
+        download_url), then GET download_url with our Authorization (that answer is not
+        signed by WeChat Pay, so it is checked by hash instead).
+
+        Hash convention: WeChat Pay documents `hash_value` as the digest of the *original
+        bill*, "gzip needs to be decompressed first" (原始账单（gzip需要解压缩）的摘要值,
+        pay.weixin.qq.com/doc/v3/merchant/4012556654), and the official wechatpay-java
+        `BillDownloadServiceExtension` digests the GZIPInputStream, i.e. the CSV.  So the
+        SHA-1 is compared over the decompressed bytes, and a simulator must hash the CSV
+        it compresses, not the gzip file it serves.
+        """
+        _text("bill_date", bill_date, _BILL_DATE_RE)
+        if bill_type not in _BILL_TYPES:
+            raise ValueError(f"bill_type must be one of {', '.join(_BILL_TYPES)}")
+        path = "/v3/bill/tradebill"
+        _, raw = self._call("GET", path, query={"bill_date": bill_date, "bill_type": bill_type,
+                                                "tar_type": "GZIP"})
+        answer = self._json(raw, path)
+        hash_type, hash_value = answer.get("hash_type"), answer.get("hash_value")
+        url = answer.get("download_url")
+        if not isinstance(hash_type, str) or hash_type.upper() != "SHA1":
+            raise WeChatPayBadResponse("bill answer has an unsupported hash_type", details={"path": path})
+        if not isinstance(hash_value, str) or not _SHA1_HEX_RE.fullmatch(hash_value):
+            raise WeChatPayBadResponse("bill answer lacks a SHA-1 hash_value", details={"path": path})
+        if not isinstance(url, str):
+            raise WeChatPayBadResponse("bill answer lacks download_url", details={"path": path})
+
+        downloaded = self._download(url)
+        bill = self._gunzip(downloaded) if downloaded[:2] == b"\x1f\x8b" else downloaded
+        # WeChat's integrity check (the answer carrying it is signed), not a security hash.
+        digest = hashlib.sha1(bill, usedforsecurity=False).hexdigest()
+        if not hmac.compare_digest(digest, hash_value.lower()):
+            raise WeChatPayBadResponse("bill file does not match its SHA-1 hash_value",
+                                       details={"path": "/v3/billdownload", "bytes": len(downloaded)})
+        return bill
+
+    def _download(self, url: str) -> bytes:
+        """GET a bill download URL: same origin as the API only, size-bounded, unsigned."""
+        parts = urlsplit(url)
+        origin = (parts.scheme.lower(), parts.netloc.lower())
+        official = (origin[0] == "https" and origin[1] in _WECHATPAY_HOSTS
+                    and self._origin[1] in _WECHATPAY_HOSTS)
+        if (origin != self._origin and not official) or parts.fragment or not parts.path.startswith("/"):
+            # The URL came from a signed answer, but we still never send our signed
+            # request (or reach into the VPC) anywhere other than WeChat Pay.
+            raise WeChatPayBadResponse("bill download_url is not on the WeChat Pay API host",
+                                       details={"host": parts.netloc[:100]})
+        # Sign the path and query exactly as they will be sent.
+        signed_path = parts.path + (("?" + parts.query) if parts.query else "")
+        target = origin[0] + "://" + origin[1] + signed_path
+        path = parts.path  # logged without the query: the token is a credential
+        started = time.monotonic()
+        status: int | None = None
+        outcome = "error"
+        try:
+            # The same headers as every API call (what WeChat's SDKs send to this URL too).
+            headers = self._headers("GET", signed_path, b"")
+            try:
+                with self._session.get(target, headers=headers, timeout=self.bill_timeout, stream=True,
+                                       allow_redirects=False) as response:
+                    status = response.status_code
+                    declared = response.headers.get("Content-Length")
+                    if declared and declared.isdigit() and int(declared) > self.max_bill_bytes:
+                        raise self._too_big()
+                    chunks, size = [], 0
+                    for chunk in response.iter_content(64 * 1024):
+                        size += len(chunk)
+                        if size > self.max_bill_bytes:
+                            raise self._too_big()
+                        chunks.append(chunk)
+                    raw = b"".join(chunks)
+            except requests.RequestException as exc:
+                outcome = "unreachable"
+                raise WeChatPayUnreachable(f"bill download failed ({type(exc).__name__})",
+                                           details={"path": path, "cause": type(exc).__name__}) from exc
+            if not 200 <= status < 300:
+                outcome = "rejected"
+                raise self._rejected(status, raw, path)
+            outcome = "ok"
+            return raw
+        finally:
+            log("wechatpay.call", level="info" if outcome == "ok" else "warning", method="GET",
+                path=path, status=status, outcome=outcome, ms=int((time.monotonic() - started) * 1000))
+
+    def _too_big(self) -> WeChatPayBadResponse:
+        return WeChatPayBadResponse(f"bill file exceeds {self.max_bill_bytes} bytes",
+                                    details={"limit": self.max_bill_bytes})
+
+    def _gunzip(self, data: bytes) -> bytes:
+        """Decompress (all gzip members) without ever holding more than the size bound."""
+        out: list[bytes] = []
+        size = 0
+        try:
+            while data:
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                chunk = inflater.decompress(data, self.max_bill_bytes + 1 - size)
+                size += len(chunk)
+                out.append(chunk)
+                if size > self.max_bill_bytes or inflater.unconsumed_tail:
+                    raise self._too_big()
+                if not inflater.eof:
+                    raise WeChatPayBadResponse("bill file is a truncated gzip stream")
+                data = inflater.unused_data
+        except zlib.error:
+            raise WeChatPayBadResponse("bill file is not valid gzip") from None
+        return b"".join(out)
+
+    def request_payment_params(self, prepay_id: str) -> dict:
+        """The object the mini-program passes to `wx.requestPayment` (v3, RSA).
+
+        paySign signs `appId\\ntimeStamp\\nnonceStr\\npackage\\n` with the merchant key;
+        `appId` is signed but not returned, `signType` is returned but not signed.
+        """
+        _text("prepay_id", prepay_id, _PREPAY_ID_RE)
+        timestamp = str(int(self._clock()))
+        nonce_str = self._nonce()
+        package = f"prepay_id={prepay_id}"
+        return {
+            "timeStamp": timestamp,
+            "nonceStr": nonce_str,
+            "package": package,
+            "signType": "RSA",
+            "paySign": signing.pay_sign(self._private_key, self.appid, timestamp, nonce_str, package),
+        }
+
+
+# --- one client per process ---------------------------------------------------------
+
+_clients: dict[int, tuple[Any, WeChatPayClient]] = {}
+_clients_lock = threading.Lock()
+
+
+def get_client(config) -> WeChatPayClient:
+    """The process's client for `config` (built on first use; keyed on the object)."""
+    entry = _clients.get(id(config))
+    if entry is None or entry[0] is not config:
+        with _clients_lock:
+            entry = _clients.get(id(config))
+            if entry is None or entry[0] is not config:
+                # Keep the config referenced so its id() cannot be reused by another.
+                entry = (config, WeChatPayClient.from_config(config))
+                _clients[id(config)] = entry
+    return entry[1]
+
+
+def reset_clients() -> None:
+    """Close and forget every client (tests, or after a key rotation)."""
+    with _clients_lock:
+        for _, client in _clients.values():
+            client.close()
+        _clients.clear()
