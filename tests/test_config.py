@@ -1,0 +1,114 @@
+"""Configuration: every required variable missing, every malformed one, gives its named error."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from shared.config import REQUIRED_BY_ROLE, Config, load_config
+from shared.errors import ConfigError
+from tests.keys import APIV3_KEY, APPSECRET, ORDER_TOKEN_SECRET, make_environ, merchant_keys
+
+
+def _pem(key, private: bool) -> str:
+    if private:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _error(role: str, **overrides) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_config(role, make_environ(**overrides))
+    return caught.value
+
+
+@pytest.mark.parametrize("role", sorted(REQUIRED_BY_ROLE))
+def test_complete_environment_loads(role):
+    config = load_config(role, make_environ())
+    assert isinstance(config, Config) and config.role == role
+
+
+@pytest.mark.parametrize("role, variable", [
+    (role, variable) for role, variables in sorted(REQUIRED_BY_ROLE.items()) for variable in variables])
+def test_each_required_variable_missing_is_named(role, variable):
+    error = _error(role, **{variable: None})
+    assert error.variable == variable
+    assert variable in str(error) and "required" in error.message
+    blank = _error(role, **{variable: "   "})
+    assert blank.variable == variable
+
+
+def test_least_privilege_callback_needs_no_app_secret_and_prepare_no_apiv3_key():
+    assert load_config("callback", make_environ(WECHAT_APPSECRET=None, WECHATPAY_PRIVATE_KEY=None))
+    assert load_config("prepare", make_environ(WECHATPAY_APIV3_KEY=None)).wechatpay_apiv3_key is None
+
+
+_RSA_1024 = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+_EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("WECHATPAY_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----", "PEM"),
+    ("WECHATPAY_PRIVATE_KEY", "garbage", "PEM"),
+    ("WECHATPAY_PRIVATE_KEY", _pem(_RSA_1024, True), "2048"),
+    ("WECHATPAY_PRIVATE_KEY", _pem(_EC_KEY, True), "RSA"),
+    ("WECHATPAY_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "PEM"),
+    ("WECHATPAY_PUBLIC_KEY", _pem(_RSA_1024, False), "2048"),
+    ("WECHATPAY_APIV3_KEY", APIV3_KEY[:31], "32 bytes"),
+    ("WECHATPAY_APIV3_KEY", APIV3_KEY + "x", "32 bytes"),
+    ("WECHAT_APPID", "wx123", "appid"),
+    ("WECHATPAY_MCHID", "19000abc", "merchant id"),
+    ("WECHATPAY_CERT_SERIAL_NO", "bad serial!", "serial"),
+    ("WECHATPAY_PUBLIC_KEY_ID", "PUB KEY", "public key id"),
+    ("WECHATPAY_NOTIFY_URL", "https://example.com/notify?x=1", "query"),
+    ("WECHATPAY_NOTIFY_URL", "http://example.com/notify", "https"),
+    ("WECHATPAY_NOTIFY_URL", "ftp://example.com/notify", "URL"),
+    ("WECHATPAY_API_BASE", "http://10.0.0.1:8080", "https"),
+    ("MONGODB_URI", "postgres://x", "mongodb://"),
+    ("MONGODB_DB", "bad name!", "database"),
+    ("ORDER_TOKEN_SECRET", "short", "32 bytes"),
+    ("ORDER_TTL_SECONDS", "10", "between"),
+    ("ORDER_TTL_SECONDS", "1.5", "whole number"),
+    ("ORDER_MAX_TOTAL_FEE", "-1", "whole number"),
+    ("WECHATPAY_API_VERSION", "v2", "not supported"),
+    ("WECHATPAY_API_VERSION", "v4", "v3"),
+])
+def test_each_malformed_variable_is_named(variable, value, words):
+    error = _error("prepare" if variable != "WECHATPAY_APIV3_KEY" else "callback", **{variable: value})
+    assert error.variable == variable
+    assert words in error.message, error.message
+
+
+def test_pem_with_escaped_newlines_or_bare_body_is_accepted():
+    pem = merchant_keys().private_pem
+    escaped = load_config("prepare", make_environ(WECHATPAY_PRIVATE_KEY=pem.replace("\n", "\\n")))
+    body = "".join(line for line in pem.splitlines() if "-----" not in line)
+    bare = load_config("prepare", make_environ(WECHATPAY_PRIVATE_KEY=body))
+    assert escaped.wechatpay_private_key.key_size == bare.wechatpay_private_key.key_size == 2048
+
+
+def test_defaults():
+    config = load_config("prepare", make_environ(WECHATPAY_API_BASE=None, WECHAT_API_BASE=None,
+                                                 ORDER_TTL_SECONDS=None, MONGODB_DB=None))
+    assert config.wechatpay_api_base == "https://api.mch.weixin.qq.com"
+    assert config.wechat_api_base == "https://api.weixin.qq.com"
+    assert config.order_ttl_seconds == 1800 and type(config.order_ttl_seconds) is int
+    assert config.mongodb_db == "cloudpay"
+
+
+def test_repr_never_shows_a_secret():
+    environ = make_environ(MONGODB_URI="mongodb://user:hunter2pass@10.0.0.1:27017/admin")
+    config = load_config("prepare", environ)
+    shown = repr(config) + str(config)
+    for secret in ("hunter2pass", APPSECRET, ORDER_TOKEN_SECRET, "BEGIN", "PRIVATE"):
+        assert secret not in shown
+    callback = repr(load_config("callback", environ))
+    assert APIV3_KEY not in callback
+
+
+def test_config_errors_never_echo_the_value():
+    error = _error("callback", WECHATPAY_APIV3_KEY="s3cret-but-too-short")
+    assert "s3cret" not in str(error) and "s3cret" not in repr(error.details)
