@@ -1,9 +1,21 @@
-"""SCF entry point of the `callback` function (placeholder until its issue lands)."""
+"""SCF entry point of `callback` (the article's payCallBack), called by WeChat Pay.
 
-import json
+Accepts the notification POST on any path.  204 when the outcome is stored;
+4xx/5xx with {"code": "FAIL", "message": ...} otherwise, so WeChat Pay retries.
+"""
+
+from shared import runtime
+from shared.http_event import MethodNotAllowed, Request, serve
+from shared.notifications import MAX_BODY, failure_body
+
+runtime.warm("callback")
+
+
+def _notify(request: Request):
+    if request.method != "POST":
+        raise MethodNotAllowed("notifications are POSTed")
+    return runtime.notification_service().handle(request.headers.as_dict(), request.body)
 
 
 def main_handler(event, context):
-    body = {"error": {"code": "NOT_IMPLEMENTED", "message": "the callback function is not available yet"}}
-    return {"isBase64Encoded": False, "statusCode": 501,
-            "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+    return serve(event, context, _notify, name="callback", max_body=MAX_BODY, error_body=failure_body)
