@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SRC    := shared functions devtools tests bench
 
-.PHONY: help venv check lint compat test run bench clean
+.PHONY: help venv check lint compat test run bench package deploy clean
 
 help:
 	@echo "make run    - local stack: MongoDB (nx-27017), WeChat Pay simulator, gateway"
 	@echo "make test   - virtualenv, Python 3.10 check, lint, the whole test suite"
+	@echo "make package - one zip per function under dist/ (SCF Python3.10)"
 	@echo "make bench  - benchmarks (ratios against a baseline, one run)"
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -34,6 +35,13 @@ test: check
 
 run: $(STAMP)
 	$(PY) -m devtools.local_stack
+
+package: $(STAMP)
+	$(PY) -m devtools.package
+
+# Needs serverless-cloud-framework (npm i -g serverless-cloud-framework) and deploy/.env.
+deploy: package
+	cd deploy && scf deploy
 
 bench: $(STAMP)
 	$(PY) -m bench
