@@ -258,23 +258,34 @@ def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
     return Config(**values)
 
 
-_cache: dict[str, Config] = {}
+_cache: dict[str, tuple[int, Config]] = {}
 _cache_lock = threading.Lock()
 
 
 def get_config(role: str) -> Config:
-    """The instance's configuration for `role`, loaded once (warm invocations reuse it)."""
-    config = _cache.get(role)
-    if config is None:
-        with _cache_lock:
-            config = _cache.get(role)
-            if config is None:
-                config = load_config(role)
-                _cache[role] = config
-    return config
+    """The instance's configuration for `role`: the environment, overlaid with the SSM
+    secret when one is configured (`shared.ssm`, cached with a TTL).  Parsed once per
+    distinct environment, so warm invocations reuse it and a rotated secret is picked up
+    when the SSM cache refreshes."""
+    from shared.ssm import secret_environ
+
+    environ = secret_environ(os.environ)
+    fingerprint = hash(tuple(sorted(environ.items())))
+    cached = _cache.get(role)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    with _cache_lock:
+        cached = _cache.get(role)
+        if cached is None or cached[0] != fingerprint:
+            cached = (fingerprint, load_config(role, environ))
+            _cache[role] = cached
+    return cached[1]
 
 
 def reset_cache() -> None:
-    """Forget the loaded configuration (tests, or after a secret rotation)."""
+    """Forget the loaded configuration and the cached SSM secret (tests, rotations)."""
+    from shared.ssm import reset_cache as reset_ssm
+
     with _cache_lock:
         _cache.clear()
+    reset_ssm()

@@ -21,15 +21,18 @@ _services: dict[str, Any] = {}
 _lock = threading.RLock()  # builders nest (a service builds the store)
 
 
-def _cached(name: str, build: Callable[[], Any]) -> Any:
-    service = _services.get(name)
-    if service is None:
+def _cached(name: str, role: str, build: Callable[[Any], Any]) -> Any:
+    """The service `name`, built from the current configuration of `role`; rebuilt when
+    that configuration changes (a rotated SSM secret)."""
+    config = get_config(role)
+    entry = _services.get(name)
+    if entry is None or entry[0] is not config:
         with _lock:
-            service = _services.get(name)
-            if service is None:
-                service = build()
-                _services[name] = service
-    return service
+            entry = _services.get(name)
+            if entry is None or entry[0] is not config:
+                entry = (config, build(config))
+                _services[name] = entry
+    return entry[1]
 
 
 def reset() -> None:
@@ -54,7 +57,7 @@ def warm(role: str) -> None:
 def _store(config):
     from shared.store import OrderStore
 
-    return _cached(f"store:{config.role}", lambda: OrderStore.from_config(config))
+    return _cached(f"store:{config.role}", config.role, OrderStore.from_config)
 
 
 def _wechatpay(config):
@@ -64,36 +67,34 @@ def _wechatpay(config):
 
 
 def checkout_service():
-    def build():
+    def build(config):
         from shared.checkout import CheckoutService
         from shared.login import code_to_session
 
-        config = get_config("prepare")
         return CheckoutService(config, _store(config), _wechatpay(config),
                                login=lambda code: code_to_session(config, code))
 
-    return _cached("checkout", build)
+    return _cached("checkout", "prepare", build)
 
 
 def notification_service():
-    def build():
+    def build(config):
         from shared.notifications import NotificationService
 
-        config = get_config("callback")
         return NotificationService(config, lambda: _store(config))
 
-    return _cached("notifications", build)
+    return _cached("notifications", "callback", build)
 
 
 def reconciler():
-    def build():
+    def build(config):
         import os
 
         from shared.archive import BillArchive
         from shared.reconcile import Reconciler
+        from shared.ssm import secret_environ
 
-        config = get_config("reconcile")
-        return Reconciler(config, _store(config), _wechatpay(config),
-                          archive=BillArchive.from_environ(os.environ))
+        archive = BillArchive.from_environ(secret_environ(os.environ))
+        return Reconciler(config, _store(config), _wechatpay(config), archive=archive)
 
-    return _cached("reconciler", build)
+    return _cached("reconciler", "reconcile", build)
