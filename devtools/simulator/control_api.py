@@ -1,0 +1,183 @@
+"""The control API under /_sim/: JSON in, JSON out, no merchant signature, loopback only.
+
+Each route calls the `Simulator` method of the same meaning, so tests may use either.
+
+    POST /_sim/orders/{otn}/pay         {"notify": "send"|"drop", "duplicates", "delay_ms",
+                                         "payer_total", "success_time", "amount_override"}
+    POST /_sim/orders/{otn}/fail        PAYERROR, no notification
+    POST /_sim/orders/{otn}/expire      {"close": false}: past time_expire, unpayable
+    GET  /_sim/orders/{otn}             GET /_sim/orders
+    GET  /_sim/refunds/{orn}            GET /_sim/refunds
+    POST /_sim/refunds/{orn}/complete   {"status": "SUCCESS"|"ABNORMAL"|"CLOSED", "notify": "send"|"drop"}
+    POST /_sim/notify                   custom notification (see Simulator.notify)
+    POST /_sim/bill/overrides           {"out_trade_no", "hide", "amount", "clear"}
+    GET  /_sim/bill?bill_date=&bill_type=   the CSV the bill download would serve
+    POST /_sim/faults                   GET /_sim/faults    DELETE /_sim/faults
+    GET  /_sim/deliveries[?out_trade_no=]   GET /_sim/counters
+    GET  /_sim/idle?timeout=            {"idle": bool}
+    POST /_sim/config                   {"auto_refund_ms", "retry_factor"}
+    GET  /_sim/openid?code=test-alice   the openid that test code logs in as
+    POST /_sim/reset                    forget everything but the keys
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from devtools.simulator.errors import SimError
+from devtools.simulator.protocol import HttpRequest, Reply, Router, error_reply, json_reply
+
+if TYPE_CHECKING:
+    from devtools.simulator.app import Simulator
+
+LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
+MAX_IDLE_WAIT_S = 120.0
+
+
+def _body(request: HttpRequest) -> dict:
+    body = request.json(empty_ok=True)
+    if not isinstance(body, dict):
+        raise SimError(400, "BAD_REQUEST", "the body must be a JSON object")
+    return body
+
+
+def _call(method: Callable, request: HttpRequest, *args):
+    """`method(*args, **body)`, refusing body fields the method does not take."""
+    body = _body(request)
+    accepted = {name for name, p in inspect.signature(method).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = set(body) - accepted
+    if unknown:
+        raise SimError(400, "BAD_REQUEST", f"unknown fields {sorted(unknown)}; accepted: {sorted(accepted)}")
+    return method(*args, **body)
+
+
+def _pay(sim: Simulator, r: HttpRequest):
+    return _call(sim.pay, r, r.params["otn"])
+
+
+def _fail(sim: Simulator, r: HttpRequest):
+    return sim.fail(r.params["otn"])
+
+
+def _expire(sim: Simulator, r: HttpRequest):
+    return _call(sim.expire, r, r.params["otn"])
+
+
+def _order(sim: Simulator, r: HttpRequest):
+    return sim.order(r.params["otn"])
+
+
+def _orders(sim: Simulator, r: HttpRequest):
+    return sim.orders()
+
+
+def _refund(sim: Simulator, r: HttpRequest):
+    return sim.refund(r.params["orn"])
+
+
+def _refunds(sim: Simulator, r: HttpRequest):
+    return sim.refunds()
+
+
+def _complete_refund(sim: Simulator, r: HttpRequest):
+    return _call(sim.complete_refund, r, r.params["orn"])
+
+
+def _notify(sim: Simulator, r: HttpRequest):
+    return _call(sim.notify, r)
+
+
+def _bill_override(sim: Simulator, r: HttpRequest):
+    body = _body(r)
+    out_trade_no = body.pop("out_trade_no", None)
+    if not isinstance(out_trade_no, str):
+        raise SimError(400, "BAD_REQUEST", "out_trade_no is required")
+    unknown = set(body) - {"hide", "amount", "clear"}
+    if unknown:
+        raise SimError(400, "BAD_REQUEST", f"unknown fields {sorted(unknown)}")
+    return sim.set_bill_override(out_trade_no, **body)
+
+
+def _bill(sim: Simulator, r: HttpRequest) -> Reply:
+    csv = sim.trade_bill(r.query.get("bill_date", ""), r.query.get("bill_type", "ALL"))
+    return Reply(200, csv, "text/csv; charset=utf-8")
+
+
+def _add_fault(sim: Simulator, r: HttpRequest):
+    return sim.inject_fault(**_body(r))
+
+
+def _faults(sim: Simulator, r: HttpRequest):
+    return sim.faults()
+
+
+def _clear_faults(sim: Simulator, r: HttpRequest):
+    sim.clear_faults()
+    return {"faults": []}
+
+
+def _deliveries(sim: Simulator, r: HttpRequest):
+    return sim.deliveries(r.query.get("out_trade_no"))
+
+
+def _counters(sim: Simulator, r: HttpRequest):
+    return sim.counters()
+
+
+def _idle(sim: Simulator, r: HttpRequest):
+    try:
+        timeout = float(r.query.get("timeout", "10"))
+    except ValueError:
+        raise SimError(400, "BAD_REQUEST", "timeout must be a number of seconds") from None
+    return {"idle": sim.wait_idle(min(max(timeout, 0.0), MAX_IDLE_WAIT_S))}
+
+
+def _config(sim: Simulator, r: HttpRequest):
+    return _call(sim.configure, r)
+
+
+def _openid(sim: Simulator, r: HttpRequest):
+    return {"openid": sim.openid_for(r.query.get("code", ""))}
+
+
+def _reset(sim: Simulator, r: HttpRequest):
+    sim.reset()
+    return {"reset": True}
+
+
+_control = Router()
+_control.add("POST", "/_sim/orders/{otn}/pay", _pay)
+_control.add("POST", "/_sim/orders/{otn}/fail", _fail)
+_control.add("POST", "/_sim/orders/{otn}/expire", _expire)
+_control.add("GET", "/_sim/orders/{otn}", _order)
+_control.add("GET", "/_sim/orders", _orders)
+_control.add("GET", "/_sim/refunds/{orn}", _refund)
+_control.add("GET", "/_sim/refunds", _refunds)
+_control.add("POST", "/_sim/refunds/{orn}/complete", _complete_refund)
+_control.add("POST", "/_sim/notify", _notify)
+_control.add("POST", "/_sim/bill/overrides", _bill_override)
+_control.add("GET", "/_sim/bill", _bill)
+_control.add("POST", "/_sim/faults", _add_fault)
+_control.add("GET", "/_sim/faults", _faults)
+_control.add("DELETE", "/_sim/faults", _clear_faults)
+_control.add("GET", "/_sim/deliveries", _deliveries)
+_control.add("GET", "/_sim/counters", _counters)
+_control.add("GET", "/_sim/idle", _idle)
+_control.add("POST", "/_sim/config", _config)
+_control.add("GET", "/_sim/openid", _openid)
+_control.add("POST", "/_sim/reset", _reset)
+
+
+def handle(sim: Simulator, request: HttpRequest) -> Reply:
+    if not request.client_ip.startswith(LOOPBACK_PREFIXES):
+        return error_reply(SimError(403, "FORBIDDEN", "the control API answers loopback clients only"))
+    handler = _control.find(request)
+    if handler is None:
+        return error_reply(SimError(404, "NOT_FOUND", f"no control route {request.method} {request.path}"))
+    try:
+        result = handler(sim, request)
+    except SimError as error:
+        return error_reply(error)
+    return result if isinstance(result, Reply) else json_reply(200, result)

@@ -1,0 +1,117 @@
+"""Injected failures for the next N calls of an endpoint (POST /_sim/faults).
+
+    {"path": "/v3/pay/transactions/jsapi", "status": 500, "body": "...", "count": 1}
+                                                              # body: text, or a JSON object
+    {"path": "/v3/pay/transactions/*", "delay_ms": 5000}      # client timeouts
+    {"unsigned": true} / {"bad_signature": true}              # 2xx without a valid signature
+    {"disconnect": true}                                      # close the connection, no answer
+
+`path` is exact, or a prefix when it ends with `*`; no path means every WeChat path
+(never the /_sim/ control API).  `method` narrows it.  The first matching fault is
+used, and removed once its count is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass
+
+from devtools.simulator.errors import SimError
+
+MAX_COUNT = 1000
+MAX_DELAY_MS = 60_000
+
+_DEFAULT_ERROR_BODY = '{"code":"SYSTEM_ERROR","message":"系统错误"}'
+
+
+@dataclass
+class Fault:
+    path: str | None = None
+    method: str | None = None
+    count: int = 1
+    status: int | None = None
+    body: str | None = None
+    delay_ms: int = 0
+    unsigned: bool = False
+    bad_signature: bool = False
+    disconnect: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method and self.method != method:
+            return False
+        if self.path is None:
+            return True
+        if self.path.endswith("*"):
+            return path.startswith(self.path[:-1])
+        return path == self.path
+
+    def error_body(self) -> str:
+        return _DEFAULT_ERROR_BODY if self.body is None else self.body
+
+
+def parse_fault(spec: dict) -> Fault:
+    """Validate a fault description (raises SimError 400)."""
+    if not isinstance(spec, dict):
+        raise SimError(400, "BAD_FAULT", "a fault is a JSON object")
+    unknown = set(spec) - set(Fault.__dataclass_fields__)
+    if unknown:
+        raise SimError(400, "BAD_FAULT", f"unknown fault fields: {sorted(unknown)}")
+    fault = Fault(**spec)
+    if fault.path is not None and (not isinstance(fault.path, str) or not fault.path.startswith("/")):
+        raise SimError(400, "BAD_FAULT", "path must start with /")
+    if fault.method is not None:
+        if not isinstance(fault.method, str):
+            raise SimError(400, "BAD_FAULT", "method must be a string")
+        fault.method = fault.method.upper()
+    if not _is_int(fault.count) or not 1 <= fault.count <= MAX_COUNT:
+        raise SimError(400, "BAD_FAULT", f"count must be 1..{MAX_COUNT}")
+    if fault.status is not None and (not _is_int(fault.status) or not 200 <= fault.status <= 599):
+        raise SimError(400, "BAD_FAULT", "status must be an HTTP status 200..599")
+    if isinstance(fault.body, (dict, list)):   # a JSON body given as JSON
+        fault.body = json.dumps(fault.body, ensure_ascii=False, separators=(",", ":"))
+    if fault.body is not None and not isinstance(fault.body, str):
+        raise SimError(400, "BAD_FAULT", "body must be a string or a JSON object")
+    if not _is_int(fault.delay_ms) or not 0 <= fault.delay_ms <= MAX_DELAY_MS:
+        raise SimError(400, "BAD_FAULT", f"delay_ms must be 0..{MAX_DELAY_MS}")
+    for flag in ("unsigned", "bad_signature", "disconnect"):
+        if not isinstance(getattr(fault, flag), bool):
+            raise SimError(400, "BAD_FAULT", f"{flag} must be true or false")
+    if not (fault.status or fault.delay_ms or fault.unsigned or fault.bad_signature or fault.disconnect):
+        raise SimError(400, "BAD_FAULT", "a fault needs status, delay_ms, unsigned, bad_signature or disconnect")
+    return fault
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class FaultBook:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(self, spec: dict) -> dict:
+        fault = parse_fault(spec)
+        with self._lock:
+            self._faults.append(fault)
+        return asdict(fault)
+
+    def take(self, method: str, path: str) -> Fault | None:
+        """The first fault matching this request, spending one of its count."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [asdict(fault) for fault in self._faults]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
