@@ -52,8 +52,8 @@ def private_mongo(tmp_path):
 def function_env(monkeypatch, mongo_uri, db_name):
     """Point the functions at the test MongoDB (a fresh database) via the environment.
 
-    Returns a callable to apply more variables; every instance-level cache (config,
-    services, HTTP clients) is reset before and after, as in a cold start.
+    Returns a callable to set more variables; every instance-level cache (config,
+    services, HTTP clients) is reset on each change and at the end, as in a cold start.
     """
     from shared import runtime
     from shared.login import reset_clients as reset_login
@@ -61,18 +61,20 @@ def function_env(monkeypatch, mongo_uri, db_name):
     from tests.keys import make_environ
 
     def apply(**overrides):
-        overrides = {"MONGODB_URI": mongo_uri, "MONGODB_DB": db_name, **overrides}
-        for name, value in make_environ(**overrides).items():
-            monkeypatch.setenv(name, value)
-        runtime.reset()
+        """Set (or with None, remove) variables on top of what is set already."""
+        for name, value in overrides.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        reset_all()
 
     def reset_all():
         runtime.reset()
         reset_login()
         reset_wechatpay()
 
-    reset_all()
-    apply()
+    apply(**make_environ(MONGODB_URI=mongo_uri, MONGODB_DB=db_name))
     yield apply
     reset_all()
     get_client(mongo_uri).drop_database(db_name)
@@ -84,3 +86,38 @@ def env_store(function_env, mongo_uri, db_name):
     order_store = OrderStore(get_client(mongo_uri)[db_name])
     order_store.ensure_indexes()
     return order_store
+
+
+pytest_plugins = ["tests.sim_fixtures", "tests.s3_fixtures"]
+
+
+class LiveStack:
+    """prepare and callback behind the local gateway, talking to the simulator and MongoDB."""
+
+    def __init__(self, gateway, simulator, store, prepare, callback):
+        self.gateway, self.simulator, self.store = gateway, simulator, store
+        self.prepare, self.callback = prepare, callback
+
+    def create_order(self, items=(("A1", 1),), code="test-alice", **extra) -> dict:
+        from tests.functions import http_event, reply_json
+
+        body = {"code": code, "items": [{"sku": s, "quantity": q} for s, q in items], **extra}
+        reply = self.prepare(http_event("POST", "/orders", body=body), {})
+        assert reply["statusCode"] == 200, reply
+        return reply_json(reply)
+
+
+@pytest.fixture
+def live_stack(function_env, env_store, simulator, sim_keys, mongo_uri, db_name):
+    from devtools.gateway import Gateway
+    from tests.functions import load_function
+
+    prepare, callback = load_function("prepare"), load_function("callback")
+    gateway = Gateway({"/prepare": prepare, "/callback": callback}).start()
+    environ = sim_keys.function_environ(simulator.url, f"{gateway.url}/callback", mongo_uri)
+    function_env(**{**environ, "MONGODB_URI": mongo_uri, "MONGODB_DB": db_name})
+    for sku, name, price in (("A1", "Oolong tea", 1990), ("B2", "Moon cake", 1288)):
+        env_store.upsert_product(sku, name, price)
+    yield LiveStack(gateway, simulator, env_store, prepare, callback)
+    simulator.wait_idle(10)
+    gateway.stop()

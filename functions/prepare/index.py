@@ -1,9 +1,28 @@
-"""SCF entry point of the `prepare` function (placeholder until its issue lands)."""
+"""SCF entry point of `prepare` (the article's wxPay), called by the mini-program.
 
-import json
+POST .../orders                  create an order, get wx.requestPayment parameters
+GET  .../orders/{outTradeNo}     its status (asks WeChat Pay while unpaid); X-Order-Token
+"""
+
+from shared import runtime
+from shared.http_event import Request, Router, serve
+
+runtime.warm("prepare")
+
+
+def _create(request: Request):
+    return 200, runtime.checkout_service().create_order(request.json())
+
+
+def _status(request: Request):
+    service = runtime.checkout_service()
+    return 200, service.order_status(request.params["outTradeNo"], request.headers.get("x-order-token"))
+
+
+_router = Router()
+_router.add("POST", "orders", _create)
+_router.add("GET", r"orders/(?P<outTradeNo>[^/]{1,64})", _status)
 
 
 def main_handler(event, context):
-    body = {"error": {"code": "NOT_IMPLEMENTED", "message": "the prepare function is not available yet"}}
-    return {"isBase64Encoded": False, "statusCode": 501,
-            "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+    return serve(event, context, _router.dispatch, name="prepare")
