@@ -1,0 +1,88 @@
+"""Manual operations, shared by the `reconcile` function's invocation events and the CLI.
+
+Event / command                                   result
+{"action": "refund", "outTradeNo", "amount",      the refund record (status PROCESSING or
+ "reason"?, "outRefundNo"?}                        SUCCESS), idempotent on outRefundNo
+{"action": "reconcile", "billDate": "YYYY-MM-DD"} the bill comparison counts
+{"action": "sweep"}                               one sweep now (what the timer does)
+
+CLI: python -m shared.admin refund OUT_TRADE_NO AMOUNT_FEN [--reason R] [--out-refund-no N]
+     python -m shared.admin reconcile YYYY-MM-DD [--force]
+     python -m shared.admin sweep
+It reads the same environment variables as the function (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from shared.errors import BadRequest, CloudPayError
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def run_action(reconciler, event: dict, context=None) -> dict:
+    action = event.get("action")
+    if action == "refund":
+        unknown = set(event) - {"action", "outTradeNo", "amount", "reason", "outRefundNo"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", code="UNKNOWN_FIELD")
+        out_trade_no = event.get("outTradeNo")
+        if not isinstance(out_trade_no, str) or not out_trade_no:
+            raise BadRequest("outTradeNo is required", code="INVALID_ORDER_NO")
+        refund = reconciler.refunds.request_refund(out_trade_no, event.get("amount"), event.get("reason"),
+                                                   event.get("outRefundNo"))
+        return {"ok": True, "refund": refund}
+    if action == "reconcile":
+        bill_date = event.get("billDate")
+        if not isinstance(bill_date, str) or not _DATE_RE.match(bill_date):
+            raise BadRequest("billDate must be YYYY-MM-DD", code="INVALID_BILL_DATE")
+        return {"ok": True, **reconciler.reconcile_bill(bill_date, force=event.get("force") is True)}
+    if action == "sweep":
+        return {"ok": True, "sweep": reconciler.sweep(context)}
+    raise BadRequest("action must be refund, reconcile or sweep", code="UNKNOWN_ACTION")
+
+
+def error_result(error: CloudPayError) -> dict:
+    return {"ok": False, "error": {"code": error.code, "message": error.message}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m shared.admin", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    refund = sub.add_parser("refund", help="refund part or all of a paid order")
+    refund.add_argument("out_trade_no")
+    refund.add_argument("amount", type=int, help="amount in fen (integer)")
+    refund.add_argument("--reason")
+    refund.add_argument("--out-refund-no", help="your refund number (idempotency key)")
+    reconcile = sub.add_parser("reconcile", help="compare a day's WeChat Pay bill with the store")
+    reconcile.add_argument("bill_date", help="YYYY-MM-DD")
+    reconcile.add_argument("--force", action="store_true", help="redo a day already reconciled")
+    sub.add_parser("sweep", help="run one sweep now")
+    args = parser.parse_args(argv)
+
+    event: dict = {"action": args.command}
+    if args.command == "refund":
+        event.update(outTradeNo=args.out_trade_no, amount=args.amount)
+        if args.reason:
+            event["reason"] = args.reason
+        if args.out_refund_no:
+            event["outRefundNo"] = args.out_refund_no
+    elif args.command == "reconcile":
+        event.update(billDate=args.bill_date, force=args.force)
+    from shared import runtime
+
+    try:
+        result = run_action(runtime.reconciler(), event)
+    except CloudPayError as error:
+        result = error_result(error)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
