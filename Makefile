@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SRC    := shared functions devtools tests bench
 
-.PHONY: help venv check lint compat test run bench package deploy clean
+.PHONY: help venv browser check lint compat test run demo bench package deploy clean
 
 help:
 	@echo "make run    - local stack: MongoDB (nx-27017), WeChat Pay simulator, gateway"
 	@echo "make test   - virtualenv, Python 3.10 check, lint, the whole test suite"
+	@echo "make demo   - the checkout loop headless against the local stack, step by step"
 	@echo "make package - one zip per function under dist/ (SCF Python3.10)"
 	@echo "make bench  - benchmarks (ratios against a baseline, one run)"
 
@@ -30,11 +31,21 @@ lint: $(STAMP)
 
 check: compat lint
 
-test: check
+# The demo page's browser test needs Debian's Chromium and its driver.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "install chromium and chromium-driver (Debian) for the browser test" >&2; exit 1; fi
+
+test: check browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 run: $(STAMP)
 	$(PY) -m devtools.local_stack
+
+demo: $(STAMP)
+	$(PY) -m devtools.demo
 
 package: $(STAMP)
 	$(PY) -m devtools.package
