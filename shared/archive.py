@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import ipaddress
 import re
 import threading
 import time
@@ -33,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.config import is_loopback_host
 from shared.errors import CloudPayError, ConfigError
 from shared.log import log
 
@@ -57,14 +57,6 @@ class ArchiveUnavailable(CloudPayError):
     code = "ARCHIVE_UNAVAILABLE"
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def _endpoint(raw: str | None, region: str) -> str:
     if raw is None or not raw.strip():
@@ -77,7 +69,7 @@ def _endpoint(raw: str | None, region: str) -> str:
     if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
             or parts.query or parts.fragment or parts.username):
         raise ConfigError("COS_ENDPOINT", "must be an https URL like https://cos.ap-guangzhou.myqcloud.com")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigError("COS_ENDPOINT", "plain http is allowed only for a loopback host (tests); use https")
     return f"{parts.scheme}://{parts.netloc}"
 
@@ -100,7 +92,7 @@ class BillArchive:
         # and boto3 uses path style whenever endpoint_url is set unless told otherwise.
         # A loopback test server (moto) has no per-bucket host names: path style there.
         host = urlsplit(self.endpoint).hostname or ""
-        self.addressing_style = "path" if _is_loopback(host) else "virtual"
+        self.addressing_style = "path" if is_loopback_host(host) else "virtual"
         self._credentials = (secret_id, secret_key, session_token)
         self._timeouts = (connect_timeout, read_timeout, max_attempts)
         self._client: Any = None

@@ -9,6 +9,7 @@ a secret.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import threading
@@ -50,7 +51,6 @@ _MCHID_RE = re.compile(r"^[0-9]{6,16}$")
 _SERIAL_RE = re.compile(r"^[0-9A-Za-z]{8,64}$")
 _PUBKEY_ID_RE = re.compile(r"^[0-9A-Za-z_]{4,80}$")
 _DBNAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,18 @@ class Config:
         return f"Config({', '.join(parts)})"
 
     __str__ = __repr__
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """localhost or a loopback address: where plain http is allowed (simulator, tests)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- parsers: each takes the raw string and returns the typed value or raises ConfigError
@@ -174,7 +186,7 @@ def _base_url(name: str, raw: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.netloc:
         _fail(name, "must be an http(s) URL")
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         _fail(name, "must use https (plain http is allowed only on loopback, for the simulator)")
     return value
 

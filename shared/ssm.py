@@ -28,7 +28,6 @@ Every failure is a ConfigError naming the variable and the secret, never a value
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import threading
@@ -37,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shared.config import is_loopback_host
 from shared.errors import ConfigError
 from shared.log import log
 
@@ -93,14 +93,6 @@ def _blank(value: str | None) -> bool:
     return value is None or not value.strip()
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def _endpoint(raw: str | None) -> tuple[str, str]:
     """(scheme, host[:port]) from CLOUDPAY_SSM_ENDPOINT."""
@@ -115,7 +107,7 @@ def _endpoint(raw: str | None) -> tuple[str, str]:
     if (not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment
             or parts.username or parts.password):
         _fail(SSM_ENDPOINT_VAR, "must be host[:port] or scheme://host[:port] (no path, query or user)")
-    loopback = _is_loopback(parts.hostname)
+    loopback = is_loopback_host(parts.hostname)
     scheme = (parts.scheme or ("http" if loopback else "https")).lower()
     if scheme not in ("http", "https"):
         _fail(SSM_ENDPOINT_VAR, "scheme must be https (or http for a loopback test server)")

@@ -320,15 +320,7 @@ class OrderStore:
         None when the order is not paid, not refundable by that much, or the refund
         number is already on it.  Concurrent reservations can never exceed the total.
         """
-        _require_fen(amount, "amount", allow_zero=False)
-        field = _refund_field(out_refund_no)
-        query = {"outTradeNo": out_trade_no,
-                 "payStatus": {"$in": [order_states.SUCCESS, order_states.REFUND]},
-                 "refundableFee": {"$gte": amount}, field: {"$exists": False}}
-        update = {"$inc": {"refundableFee": -amount, "refundingFee": amount},
-                  "$set": {field: REFUND_RESERVED, "updateTime": self.clock()}}
-        return self.orders.find_one_and_update(query, update, projection={"_id": 0},
-                                               return_document=ReturnDocument.AFTER)
+        return self._take_refundable(out_trade_no, out_refund_no, amount, "refundingFee", REFUND_RESERVED)
 
     @translate_errors
     def settle_refund(self, out_trade_no: str, out_refund_no: str, amount: int, outcome: str) -> dict | None:
@@ -351,13 +343,19 @@ class OrderStore:
     @translate_errors
     def apply_unreserved_refund(self, out_trade_no: str, out_refund_no: str, amount: int) -> dict | None:
         """A refund we never requested (merchant console) that WeChat reports as done."""
+        return self._take_refundable(out_trade_no, out_refund_no, amount, "refundedFee", REFUND_SUCCEEDED)
+
+    def _take_refundable(self, out_trade_no: str, out_refund_no: str, amount: int, into: str,
+                         state: str) -> dict | None:
+        """Move `amount` from refundableFee to `into`, marking the refund `state`: one
+        compare-and-set, so it happens once per refund number and never past the total."""
         _require_fen(amount, "amount", allow_zero=False)
         field = _refund_field(out_refund_no)
         query = {"outTradeNo": out_trade_no,
                  "payStatus": {"$in": [order_states.SUCCESS, order_states.REFUND]},
                  "refundableFee": {"$gte": amount}, field: {"$exists": False}}
-        update = {"$inc": {"refundableFee": -amount, "refundedFee": amount},
-                  "$set": {field: REFUND_SUCCEEDED, "updateTime": self.clock()}}
+        update = {"$inc": {"refundableFee": -amount, into: amount},
+                  "$set": {field: state, "updateTime": self.clock()}}
         return self.orders.find_one_and_update(query, update, projection={"_id": 0},
                                                return_document=ReturnDocument.AFTER)
 
