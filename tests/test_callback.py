@@ -257,3 +257,28 @@ def test_refund_for_an_unknown_order_is_recorded_as_anomaly(callback, order):
     assert deliver(callback, headers, body)["statusCode"] == 204
     assert order.find_refund("R9") is not None
     assert [a["kind"] for a in order.list_anomalies()] == ["refund_unmatched"]
+
+
+def test_one_log_line_per_notification_without_keys(callback, order):
+    import io
+    import sys
+
+    from shared import log as log_module
+    from tests.keys import APIV3_KEY
+
+    sink = io.StringIO()
+    log_module.set_sink(sink)
+    try:
+        headers, body = make_notification(transaction(OTN, total=100, transaction_id=TXN, bank_type="CMB_DEBIT",
+                                                      attach="secret-attach"))
+        assert deliver(callback, headers, body)["statusCode"] == 204
+    finally:
+        log_module.set_sink(sys.stdout)
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    notes = [line for line in lines if line["event"] == "callback.notification"]
+    assert len(notes) == 1
+    assert {"eventId", "outTradeNo", "outcome", "ms"} <= set(notes[0]) and notes[0]["outcome"] == "paid"
+    text = sink.getvalue()
+    for secret in (APIV3_KEY, "CMB_DEBIT", "secret-attach", headers["Wechatpay-Signature"],
+                   json.loads(body)["resource"]["ciphertext"][:40]):
+        assert secret not in text

@@ -4,6 +4,7 @@ wire-protocol MongoDB (issue 4)."""
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -258,3 +259,37 @@ def test_store_stopped_mid_run_503_then_the_same_request_succeeds(function_env, 
         time.sleep(0.2)
     assert result[0] == 200
     assert store.orders.count_documents({}) == 1
+
+
+def test_no_secret_or_stack_trace_in_replies_or_logs(stack, simulator, sim_keys):
+    """Create, query, a login failure, a WeChat failure and a crash-free bad body: the
+    captured log lines and replies never carry a key, the session key or a traceback."""
+    import io
+    import sys
+
+    from shared import log as log_module
+
+    sink = io.StringIO()
+    log_module.set_sink(sink)
+    replies = []
+    try:
+        good = {"code": "test-zed", "items": [{"sku": "A1", "quantity": 1}]}
+        code, order = create(stack, good)
+        replies.append(order)
+        replies.append(status(stack, order["outTradeNo"], order["orderToken"])[1])
+        replies.append(create(stack, {**good, "code": "bad-code"})[1])
+        sim(simulator, "POST", "/faults", json={"path": "/v3/pay/transactions/jsapi", "status": 500, "count": 1})
+        replies.append(create(stack, good)[1])
+        replies.append(create(stack, {**good, "items": "💥"})[1])
+    finally:
+        log_module.set_sink(sys.stdout)
+    logged = sink.getvalue()
+    from devtools.simulator.miniprogram import _session_key
+
+    session_key = _session_key(sim_keys.appid, "zed")  # what jscode2session handed our login
+    secrets = [sim_keys.app_secret, sim_keys.order_token_secret, sim_keys.apiv3_key, "PRIVATE KEY", "Traceback",
+               "session_key", session_key, order["orderToken"]]
+    text = logged + json.dumps(replies[1:], ensure_ascii=False)
+    for secret in secrets:
+        assert secret not in text, secret
+    assert logged.count('"event":"prepare.request"') == 5
