@@ -139,13 +139,14 @@ def _private_key(name: str, raw: str):
 
 
 def _public_key(name: str, raw: str):
-    from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     text = _pem_text(name, raw, "PUBLIC KEY")
     try:
         if b"CERTIFICATE" in text:  # a platform certificate also works
+            from cryptography import x509  # ~40 ms of imports: only when needed
+
             key = x509.load_pem_x509_certificate(text).public_key()
         else:
             key = load_pem_public_key(text)

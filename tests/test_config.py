@@ -112,3 +112,23 @@ def test_repr_never_shows_a_secret():
 def test_config_errors_never_echo_the_value():
     error = _error("callback", WECHATPAY_APIV3_KEY="s3cret-but-too-short")
     assert "s3cret" not in str(error) and "s3cret" not in repr(error.details)
+
+
+def test_a_platform_certificate_is_accepted_as_the_public_key():
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from tests.keys import platform_keys
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA")])
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(platform_keys().public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
+            .sign(platform_keys().private_key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    config = load_config("callback", make_environ(WECHATPAY_PUBLIC_KEY=pem))
+    assert config.wechatpay_public_key.public_numbers() == platform_keys().public_key.public_numbers()
