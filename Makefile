@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SRC    := shared functions devtools tests bench
 
-.PHONY: help venv browser check lint compat test run demo bench package deploy clean
+.PHONY: help venv browser check lint compat test test310 run demo bench package deploy clean
 
 help:
 	@echo "make run    - local stack: MongoDB (nx-27017), WeChat Pay simulator, gateway"
 	@echo "make test   - virtualenv, Python 3.10 check, lint, the whole test suite"
 	@echo "make demo   - the checkout loop headless against the local stack, step by step"
+	@echo "make test310 - the whole suite on a real Python 3.10 (SCF's runtime)"
 	@echo "make package - one zip per function under dist/ (SCF Python3.10)"
 	@echo "make bench  - benchmarks (ratios against a baseline, one run)"
 
@@ -41,6 +42,19 @@ browser:
 test: check browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The whole suite once more on a real Python 3.10 (SCF's runtime); CI runs it after `test`.
+PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10) $(wildcard /usr/bin/python3.10))
+VENV310 := .venv310
+
+$(VENV310)/.installed: requirements.txt requirements-dev.txt
+	@test -n "$(PY310)" || { echo "Python 3.10 not found (pyenv install 3.10, or set PY310=...)" >&2; exit 1; }
+	$(PY310) -m venv $(VENV310)
+	$(VENV310)/bin/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+test310: $(VENV310)/.installed browser
+	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
 run: $(STAMP)
 	$(PY) -m devtools.local_stack
 
@@ -58,4 +72,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) dist .local .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV310) dist .local .pytest_cache .ruff_cache
