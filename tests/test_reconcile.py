@@ -295,3 +295,24 @@ def test_timer_reconciles_yesterdays_bill_once_after_ten(live_stack, reconcile):
     assert at(11).sweep(CONTEXT)["bill"] == {"matched": 1}
     assert at(11).sweep(CONTEXT)["bill"] == {"already_reconciled": 1}
     assert live_stack.store.events.count_documents({"key": f"bill.reconciled:{bill_date}"}) == 1
+
+
+def test_the_command_line_runs_the_same_operations(live_stack, reconcile, paid_order):
+    """python -m shared.admin, as a merchant runs it with the function's environment."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.functions import ROOT
+
+    def admin(*args):
+        done = subprocess.run([sys.executable, "-m", "shared.admin", *args], cwd=ROOT, env=dict(os.environ),
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, json.loads(done.stdout[done.stdout.index("{\n"):])
+
+    code, result = admin("refund", paid_order, "100", "--out-refund-no", "R-CLI-1", "--reason", "cli")
+    assert code == 0 and result["refund"]["status"] == "PROCESSING", result
+    assert live_stack.store.get_order(paid_order)["refundingFee"] == 100
+    code, result = admin("reconcile", "not-a-date")
+    assert code == 1 and result["error"]["code"] == "INVALID_BILL_DATE"
