@@ -421,8 +421,8 @@ def test_every_authorization_flaw_is_401(sim_keys, simulator, broken):
         response = requests.post(simulator.url + target, data=body, timeout=5,
                                  headers={"Authorization": "WECHATPAY2-SHA256-RSA2048 mchid=1"})
     else:
-        options = {"stale": {"timestamp": int(time.time()) - 301},
-                   "future": {"timestamp": int(time.time()) + 301},
+        options = {"stale": {"timestamp": int(time.time()) - 310},
+                   "future": {"timestamp": int(time.time()) + 310},
                    "serial": {"serial": "0" * 40},
                    "mchid": {"mchid": "1900000109"},
                    "body": {"sent_body": body.replace(b'"total": 100', b'"total": 1')}}[broken]
