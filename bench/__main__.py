@@ -88,20 +88,23 @@ def bench_verify(environ: dict) -> list[tuple[str, float]]:
 
 
 def bench_store() -> list[tuple[str, float]]:
+    import pymongo
+
     from devtools.mongo_server import MongoServer
     from shared import order_states
-    from shared.store import OrderStore, get_client
+    from shared.store.mongo import MongoOrderStore
 
     with tempfile.TemporaryDirectory() as folder, MongoServer(Path(folder) / "bench.db") as server:
-        store = OrderStore(get_client(server.uri)["bench"])
+        store = MongoOrderStore(server.uri, "bench")
         store.ensure_indexes()
+        raw = pymongo.MongoClient(server.uri)["bench"]["orders"]
         counter = iter(range(10**9))
 
         def article_style():
             # The seed article: add the order, later update it with no condition.
             number = f"A{next(counter):012d}"
-            store.orders.insert_one({"outTradeNo": number, "totalFee": 100, "idemKey": number})
-            store.orders.update_one({"outTradeNo": number}, {"$set": {"payStatus": "success"}})
+            raw.insert_one({"outTradeNo": number, "totalFee": 100, "idemKey": number})
+            raw.update_one({"outTradeNo": number}, {"$set": {"payStatus": "success"}})
 
         def create_and_pay():
             number = f"P{next(counter):012d}"

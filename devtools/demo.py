@@ -29,7 +29,7 @@ def _reply(status: int, body, content_type: str = "application/json") -> dict:
             "body": text}
 
 
-def demo_routes(sim_url: str) -> dict:
+def demo_routes(sim_url: str, store) -> dict:
     """Gateway routes for the demo page (Function URL shape: the /demo prefix is stripped)."""
 
     def handler(event, context):
@@ -37,12 +37,8 @@ def demo_routes(sim_url: str) -> dict:
         if method == "GET" and path in ("/", ""):
             return _reply(200, PAGE.read_text(encoding="utf-8"), "text/html")
         if method == "GET" and path.rstrip("/") == "/products":
-            from shared.config import get_config
-            from shared.store import OrderStore
-
-            store = OrderStore.from_config(get_config("store"))
-            products = store.products.find({"active": True}, {"_id": 0}).sort("sku", 1)
-            return _reply(200, [{"sku": p["sku"], "name": p["name"], "price": p["price"]} for p in products])
+            return _reply(200, [{"sku": p["sku"], "name": p["name"], "price": p["price"]}
+                                for p in store.list_products() if p.get("active") is True])
         match = _PAY_RE.match(path)
         if method == "POST" and match:
             body = json.loads(event.get("body") or "{}")

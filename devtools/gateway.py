@@ -4,7 +4,7 @@
                        "/callback": load_handler("functions/callback/index.py")}).start()
     gateway.url   # http://127.0.0.1:PORT ; POST {url}/prepare/orders reaches prepare
 
-Event shapes (`../shared/reference/scf.md` section 1):
+Event shapes (Tencent Cloud SCF docs 583/12513 for API Gateway, 583/96099 for Function URLs):
 - "url" (default), a Function URL: `httpMethod`, `path`, `headers` (lower-case names,
   client IP in `x-scf-remote-addr`), `queryString`, `body` (text).  Each Function URL
   is its own host, so the route prefix is stripped from `path` by default.
@@ -192,8 +192,6 @@ class Gateway:
             raise ValueError(f"shape must be one of {SHAPES}")
         if base64_bodies not in BASE64_MODES:
             raise ValueError(f"base64_bodies must be one of {BASE64_MODES}")
-        if not routes:
-            raise ValueError("a gateway needs at least one route")
         self.shape = shape
         self.strip_prefix = (shape == "url") if strip_prefix is None else strip_prefix
         self.base64_bodies = base64_bodies
@@ -201,12 +199,19 @@ class Gateway:
         self.time_limit_ms = time_limit_ms
         self.memory_limit_mb = memory_limit_mb
         self.max_body = max_body
-        self._routes = {_normal_prefix(prefix): handler for prefix, handler in routes.items()}
-        names = {_normal_prefix(p): n for p, n in (function_names or {}).items()}
-        self._names = {p: names.get(p) or (p.strip("/").replace("/", "-") or "default") for p in self._routes}
+        self._routes: dict[str, Handler] = {}
+        self._names: dict[str, str] = {}
+        for prefix, handler in routes.items():
+            self.add_route(prefix, handler, (function_names or {}).get(prefix))
         self._server: _GatewayServer | None = None
         self._thread: threading.Thread | None = None
         self._url: str | None = None
+
+    def add_route(self, prefix: str, handler: Handler, name: str | None = None) -> None:
+        """Serve `handler` under `prefix` (also once started: the URL can be known first)."""
+        prefix = _normal_prefix(prefix)
+        self._names[prefix] = name or prefix.strip("/").replace("/", "-") or "default"
+        self._routes[prefix] = handler
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> Gateway:
         if self._server is not None:

@@ -13,7 +13,6 @@ Options: --shape apigw (API Gateway events instead of Function URL ones), ports.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import threading
 from pathlib import Path
@@ -35,8 +34,8 @@ class LocalStack:
         self.ports = (mongo_port, sim_port, gateway_port)
         self.shape = shape
         self.retry_factor = retry_factor
-        self.mongo = self.simulator = self.gateway = None
-        self._saved_environ: dict[str, str] | None = None
+        self.mongo = self.simulator = self.gateway = self.store = None
+        self.environ: dict[str, str] = {}
 
     def start(self) -> LocalStack:
         from devtools.demo import demo_routes
@@ -44,40 +43,40 @@ class LocalStack:
         from devtools.mongo_server import MongoServer
         from devtools.sim_keys import load_or_create
         from devtools.wechatpay_simulator import Simulator
+        from shared import runtime
+        from shared.store.mongo import MongoOrderStore
 
         mongo_port, sim_port, gateway_port = self.ports
         self.mongo = MongoServer(self.data_dir / "mongo" / "cloudpay.db", port=mongo_port or None).start()
         keys = load_or_create(self.data_dir / "keys")
         self.simulator = Simulator(keys, retry_factor=self.retry_factor).start(port=sim_port)
-        routes = {"/prepare": load_handler(ROOT / "functions/prepare/index.py"),
-                  "/callback": load_handler(ROOT / "functions/callback/index.py")}
-        routes.update(demo_routes(self.simulator.url))
-        self.gateway = Gateway(routes, shape=self.shape).start(port=gateway_port)
-        # The in-process handlers read their configuration from the environment.
-        self._saved_environ = dict(os.environ)
-        os.environ.update(keys.function_environ(self.simulator.url, f"{self.gateway.url}/callback",
-                                                self.mongo.uri))
-        os.environ.setdefault("MONGODB_DB", "cloudpay")
-
-        from shared.config import get_config
-        from shared.store import OrderStore
-
-        store = OrderStore.from_config(get_config("store"))
+        self.gateway = Gateway({}, shape=self.shape).start(port=gateway_port)
+        # The in-process functions get their configuration injected before they load, so
+        # their cold start sees a complete environment (os.environ is left alone).
+        self.environ = {**keys.function_environ(self.simulator.url, f"{self.gateway.url}/callback",
+                                                self.mongo.uri), "MONGODB_DB": "cloudpay"}
+        runtime.configure(self.environ)
+        self.store = MongoOrderStore(self.mongo.uri, "cloudpay")
         for sku, name, price in DEMO_PRODUCTS:
-            store.upsert_product(sku, name, price, active=True)
+            self.store.upsert_product(sku, name, price, active=True)
+        routes = {"/prepare": load_handler(ROOT / "functions/prepare/index.py"),
+                  "/callback": load_handler(ROOT / "functions/callback/index.py"),
+                  **demo_routes(self.simulator.url, self.store)}
+        for prefix, handler in routes.items():
+            self.gateway.add_route(prefix, handler)
         return self
 
     def stop(self) -> None:
-        for part in (self.gateway, self.simulator, self.mongo):
+        from shared import runtime
+
+        for part in (self.gateway, self.simulator):
             if part is not None:
                 part.stop()
-        if self._saved_environ is not None:
-            os.environ.clear()
-            os.environ.update(self._saved_environ)
-            self._saved_environ = None
-            from shared import runtime
-
-            runtime.reset()
+        if self.store is not None:
+            self.store.close()
+            runtime.configure(None)
+        if self.mongo is not None:
+            self.mongo.stop()
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -1,8 +1,18 @@
 """The embedded MongoDB for tests and `make run`: nx-27017, a wire-protocol server on SQLite.
 
-nx-27017's default SQL update path silently changes types (`$set: True` stores 1, see
-`../shared/reference/test-backends.md`); its "fallback" query path keeps them.  This
-module is the launcher that switches fallback on, plus a small process manager:
+What nx-27017 0.8.1 gets right, and wrong (checked by hand and by tests/store/):
+- right: unique indexes (DuplicateKeyError), atomic conditional updates (it serialises
+  requests), queries, sort/limit, counts, restarts on the same file with nothing lost;
+- wrong: its default SQL update path silently changes types (`$set: True` stores 1, a
+  `$set` datetime becomes a string, `$push` of a subdocument becomes JSON text); its
+  "fallback" query path keeps them, so this launcher switches fallback on;
+- wrong: unique indexes are checked on insert only, not when an update changes a key
+  (the store never relies on that: it never moves a key onto another document's);
+- wrong: databases are not isolated.  A document inserted under one database name is
+  visible under every other, and dropping any database drops every collection.  So the
+  tests give each pytest session (each xdist worker) a server of its own on a fresh
+  file, clear it before every test, and never share one server between sessions.
+This module is the launcher, plus a small process manager:
 
     server = MongoServer(db_file).start()   # free loopback port, waits until it answers
     server.uri                              # mongodb://127.0.0.1:PORT
@@ -36,6 +46,13 @@ def _port_answers(port: int) -> bool:
         return False
 
 
+class PortInUse(RuntimeError):
+    def __init__(self, port: int):
+        super().__init__(f"something already listens on 127.0.0.1:{port}; it was not started here, so it is "
+                         "not used (it may be a real database). Choose another port, or stop that server.")
+        self.port = port
+
+
 class MongoServer:
     """An nx-27017 subprocess on loopback with a file database."""
 
@@ -52,9 +69,14 @@ class MongoServer:
     def start(self, timeout: float = 15.0) -> MongoServer:
         if self.process and self.process.poll() is None:
             return self
+        if _port_answers(self.port):
+            # Never attach to a server we did not start: it may be someone's real database.
+            raise PortInUse(self.port)
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        # --parent-pid: the server exits when this process does (an interrupted test run
+        # or a killed `make run` leaves no server behind).
         cmd = [sys.executable, "-m", "devtools.mongo_server", "--db", str(self.db_file),
-               "--port", str(self.port)]
+               "--port", str(self.port), "--parent-pid", str(os.getpid())]
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, "PYTHONPATH": str(root)}
         with open(self.log_file, "ab") as log:
@@ -92,6 +114,17 @@ class MongoServer:
         self.stop()
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)  # the parent is gone (reparented to init): nobody will stop us
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -99,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", required=True, help="SQLite database file")
     parser.add_argument("--port", type=int, default=27017)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process has gone")
     args = parser.parse_args(argv)
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
 
     from neosqlite.collection import query_helper
     from nx_27017 import nx_27017

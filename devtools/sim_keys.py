@@ -5,7 +5,7 @@ Two RSA-2048 pairs, as in real life:
   the simulator verifies with the public half (WeChat Pay knows the merchant's cert);
 - the *platform* pair ("WeChat Pay public key" mode): the simulator signs responses and
   notifications with the private half, the functions verify with the public half.
-Plus the identifiers and secrets of the configuration contract (DESIGN.md): appid,
+Plus the identifiers and secrets of the configuration contract (README, Configuration): appid,
 mchid, merchant certificate serial, PUB_KEY_ID, APIv3 key, app secret, order token secret.
 
     keys = load_or_create(Path(".local/keys"))   # made once, reused on later runs

@@ -17,10 +17,42 @@ from __future__ import annotations
 import json
 import re
 import sys
+from datetime import date
 
 from shared.errors import BadRequest, CloudPayError
+from shared.log import log, where
 
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _bill_date(value) -> str:
+    """A real calendar date written YYYY-MM-DD (2026-13-45 is refused, not sent on)."""
+    if isinstance(value, str) and _DATE_RE.match(value):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise BadRequest("billDate must be a calendar date YYYY-MM-DD", code="INVALID_BILL_DATE")
+
+
+def handle_event(instance, event, context=None) -> dict:
+    """The `reconcile` function: a timer event sweeps, an action event runs the action.
+
+    Always answers `{"ok": ...}`: errors are results, never exceptions, so SCF never
+    shows a traceback and a timer that fires during an outage simply reports it."""
+    if not isinstance(event, dict):
+        return error_result(CloudPayError("the event must be a JSON object", code="BAD_EVENT"))
+    try:
+        reconciler = instance.reconciler
+        if event.get("Type") == "Timer":
+            return {"ok": True, "sweep": reconciler.sweep(context)}
+        return run_action(reconciler, event, context)
+    except CloudPayError as error:
+        log("reconcile.failed", level="error", code=error.code, error=error.message)
+        return error_result(error)
+    except Exception as exc:  # the last line of defence, as in shared.http_event.serve
+        log("reconcile.crash", level="error", error=type(exc).__name__, where=where(exc))
+        return error_result(CloudPayError("internal error; it has been logged"))
 
 
 def run_action(reconciler, event: dict, context=None) -> dict:
@@ -36,9 +68,7 @@ def run_action(reconciler, event: dict, context=None) -> dict:
                                                    event.get("outRefundNo"))
         return {"ok": True, "refund": refund}
     if action == "reconcile":
-        bill_date = event.get("billDate")
-        if not isinstance(bill_date, str) or not _DATE_RE.match(bill_date):
-            raise BadRequest("billDate must be YYYY-MM-DD", code="INVALID_BILL_DATE")
+        bill_date = _bill_date(event.get("billDate"))
         return {"ok": True, **reconciler.reconcile_bill(bill_date, force=event.get("force") is True)}
     if action == "sweep":
         return {"ok": True, "sweep": reconciler.sweep(context)}
@@ -76,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         event.update(billDate=args.bill_date, force=args.force)
     from shared import runtime
 
-    try:
-        result = run_action(runtime.reconciler(), event)
-    except CloudPayError as error:
-        result = error_result(error)
+    result = handle_event(runtime.instance("reconcile"), event)
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0 if result.get("ok") else 1
 

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.config import is_loopback_host
-from shared.errors import CloudPayError, ConfigError
+from shared.errors import ArchiveUnavailable, ConfigError
 from shared.log import log
 
 DEFAULT_PREFIX = "wechatpay-bills/"
@@ -48,14 +48,6 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+")
 _PREFIX_RE = re.compile(r"([A-Za-z0-9._-]+/)*")
 _BILL_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-
-class ArchiveUnavailable(CloudPayError):
-    """COS could not be reached or refused the request (the archive is not written)."""
-
-    status = 503
-    code = "ARCHIVE_UNAVAILABLE"
-
 
 
 def _endpoint(raw: str | None, region: str) -> str:

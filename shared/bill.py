@@ -20,19 +20,12 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from shared.errors import CloudPayError
+from shared.errors import BillFormatError
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_BILL_BYTES = 256 * 1024 * 1024  # decompressed; a gzip bomb stops here
 
 _YUAN_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")
-
-
-class BillFormatError(CloudPayError):
-    """The bill is not what WeChat Pay documents (WeChat sent something we cannot trust)."""
-
-    status = 502
-    code = "BILL_FORMAT"
 
 
 # --- money ------------------------------------------------------------------------------

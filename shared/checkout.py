@@ -28,7 +28,15 @@ import string
 from datetime import datetime, timedelta, timezone
 
 from shared import order_states
-from shared.errors import BadRequest, Conflict, Forbidden, StoreConflict, Unauthorized, WeChatPayError
+from shared.errors import (
+    BadRequest,
+    CatalogInvalid,
+    Conflict,
+    Forbidden,
+    StoreConflict,
+    Unauthorized,
+    WeChatPayError,
+)
 from shared.log import log
 from shared.settlement import settle_transaction
 
@@ -124,12 +132,16 @@ def price_items(products: dict[str, dict], items: list[dict], max_total: int) ->
             raise BadRequest(f"unknown sku {item['sku']}", code="UNKNOWN_SKU")
         if product.get("active") is not True:
             raise BadRequest(f"sku {item['sku']} is not on sale", code="SKU_INACTIVE")
-        price = product["price"]
-        if type(price) is not int or price < 1:
-            raise BadRequest(f"sku {item['sku']} has no valid price", code="UNKNOWN_SKU")
+        price, name = product.get("price"), product.get("name")
+        if type(price) is not int or price < 1 or not isinstance(name, str) or not name:
+            # Our data, not the customer's fault: 500, and the operator is told which sku.
+            log("catalog.invalid", level="error", sku=item["sku"], price=repr(price)[:40],
+                hint="prices are integer fen >= 1 and every product has a name")
+            raise CatalogInvalid(f"the catalog entry for sku {item['sku']} is invalid",
+                                 details={"sku": item["sku"]})
         line = price * item["quantity"]
         total += line
-        priced.append({"sku": item["sku"], "name": product["name"], "quantity": item["quantity"],
+        priced.append({"sku": item["sku"], "name": name, "quantity": item["quantity"],
                        "price": price, "lineFee": line})
     if total < 1 or total > max_total:
         raise BadRequest(f"the order total must be between 1 and {max_total} fen", code="TOTAL_OUT_OF_RANGE")
@@ -159,22 +171,26 @@ class CheckoutService:
         code, items, client_key = parse_order_request(body)
         openid = self.login(code)
         request_hash = _request_hash(items)
-        idem_key = (_idempotency_key(self.config.order_token_secret, openid, client_key)
-                    if client_key else "once:" + secrets.token_hex(16))
 
         for _ in range(_MAX_CREATE_ATTEMPTS):
             if client_key:
+                idem_key = _idempotency_key(self.config.order_token_secret, openid, client_key)
                 existing = self.store.find_order_by_idem_key(idem_key)
                 if existing is not None:
-                    answer = self._reuse(existing, openid, request_hash)
+                    answer = self._reuse(existing, request_hash)
                     if answer is not None:
                         return answer
+                    continue  # that order is spent and its key retired: start a new one
+            else:
+                idem_key = "once:" + secrets.token_hex(16)
             order = self._new_order(openid, items, request_hash, idem_key)
             try:
                 self.store.insert_order(order)
             except StoreConflict:
                 continue  # a concurrent retry with the same key won, or (rarely) the number
-            return self._prepay(order)
+            answer = self._prepay(order)
+            if answer is not None:
+                return answer
         raise Conflict("the order could not be created; retry with the same idempotencyKey",
                        code="CREATE_CONTENDED")
 
@@ -191,25 +207,39 @@ class CheckoutService:
             "idemKey": idem_key, "requestHash": request_hash,
         }
 
-    def _reuse(self, order: dict, openid: str, request_hash: str) -> dict | None:
-        """The answer for a retry, or None when the old order is spent (then retired)."""
+    def _reuse(self, order: dict, request_hash: str) -> dict | None:
+        """The answer for a retry, or None when the old order is spent (its key is then
+        retired, so the caller can start a new order under the same key)."""
         if order["requestHash"] != request_hash:
             raise Conflict("this idempotencyKey was used for a different order",
                            code="IDEMPOTENCY_KEY_REUSED")
         status = order["payStatus"]
         if order_states.is_paid(status):
-            return self._answer(order, payment=None)
+            raise self._already_paid(order)
         payable = status == order_states.NOTPAY and order["expireTime"] > self.store.clock()
         if payable:
             # Prepay is idempotent at WeChat Pay for the same parameters, so a retry
             # racing the first request (no prepayId yet) may ask for it as well.
-            return self._prepay(order)
+            answer = self._prepay(order)
+            if answer is not None:
+                return answer
         # Spent: free the key (compare-and-set on the key itself) and start a new order.
         self.store.update_order_fields(order["outTradeNo"], {"idemKey": f"retired:{order['outTradeNo']}"},
                                        where={"idemKey": order["idemKey"]})
         return None
 
-    def _prepay(self, order: dict) -> dict:
+    def _already_paid(self, order: dict) -> Conflict:
+        # The caller's own order (same user, same key): it may learn which one it is.
+        return Conflict("this order is already paid", code="ORDER_ALREADY_PAID",
+                        public={"outTradeNo": order["outTradeNo"], "orderToken": self._token(order)})
+
+    def _token(self, order: dict) -> str:
+        return order_token(self.config.order_token_secret, order["outTradeNo"], order["openid"])
+
+    def _prepay(self, order: dict) -> dict | None:
+        """The 200 answer, always with `payment`; None when the order stopped being
+        payable meanwhile (a racing request's prepay failed, or it was closed).  Raises
+        ORDER_ALREADY_PAID when it was paid meanwhile."""
         out_trade_no = order["outTradeNo"]
         prepay_id = order.get("prepayId")
         if not prepay_id:
@@ -223,8 +253,11 @@ class CheckoutService:
                 raise
             updated = self.store.update_order_fields(out_trade_no, {"prepayId": prepay_id},
                                                      where={"payStatus": order_states.NOTPAY})
-            if updated is None:  # changed meanwhile (paid, failed, closed): report that
-                return self._answer(self.store.get_order(out_trade_no), payment=None)
+            if updated is None:  # changed meanwhile: this prepay id must never be handed out
+                current = self.store.get_order(out_trade_no)
+                if order_states.is_paid(current["payStatus"]):
+                    raise self._already_paid(current)
+                return None
             order = updated
         return self._answer(order, payment=self.wechatpay.request_payment_params(prepay_id))
 
@@ -243,7 +276,7 @@ class CheckoutService:
         return {
             "outTradeNo": order["outTradeNo"], "totalFee": order["totalFee"],
             "payStatus": order["payStatus"],
-            "orderToken": order_token(self.config.order_token_secret, order["outTradeNo"], order["openid"]),
+            "orderToken": self._token(order),
             "expiresAt": order["expireTime"], "payment": payment,
         }
 

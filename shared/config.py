@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -61,7 +60,6 @@ class Config:
     wechat_appid: str | None = None
     wechat_appsecret: str | None = None
     wechatpay_mchid: str | None = None
-    wechatpay_api_version: str = "v3"
     wechatpay_private_key: Any = None        # cryptography RSAPrivateKey
     wechatpay_cert_serial_no: str | None = None
     wechatpay_apiv3_key: bytes | None = None  # exactly 32 bytes
@@ -229,14 +227,15 @@ def _api_version(name: str, raw: str) -> str:
 
 
 # variable -> (Config field, parser)
-_VARIABLES: dict[str, tuple[str, Any]] = {
+_VARIABLES: dict[str, tuple[str | None, Any]] = {
     "MONGODB_URI": ("mongodb_uri", _mongodb_uri),
     "MONGODB_DB": ("mongodb_db", _pattern(_DBNAME_RE, "database name")),
     "WECHAT_APPID": ("wechat_appid", _pattern(_APPID_RE, "mini-program appid (wx + 16 chars)")),
     "WECHAT_APPSECRET": ("wechat_appsecret", _pattern(re.compile(r"^[0-9A-Za-z]{16,64}$"),
                                                        "app secret")),
     "WECHATPAY_MCHID": ("wechatpay_mchid", _pattern(_MCHID_RE, "merchant id (digits)")),
-    "WECHATPAY_API_VERSION": ("wechatpay_api_version", _api_version),
+    # Validated (v2 is refused) but not kept: this release speaks APIv3 only.
+    "WECHATPAY_API_VERSION": (None, _api_version),
     "WECHATPAY_PRIVATE_KEY": ("wechatpay_private_key", _private_key),
     "WECHATPAY_CERT_SERIAL_NO": ("wechatpay_cert_serial_no",
                                  _pattern(_SERIAL_RE, "certificate serial number")),
@@ -267,38 +266,7 @@ def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
             if variable in required:
                 raise ConfigError(variable, "is required but not set")
             continue
-        values[field_name] = parse(variable, raw)
+        value = parse(variable, raw)
+        if field_name is not None:
+            values[field_name] = value
     return Config(**values)
-
-
-_cache: dict[str, tuple[int, Config]] = {}
-_cache_lock = threading.Lock()
-
-
-def get_config(role: str) -> Config:
-    """The instance's configuration for `role`: the environment, overlaid with the SSM
-    secret when one is configured (`shared.ssm`, cached with a TTL).  Parsed once per
-    distinct environment, so warm invocations reuse it and a rotated secret is picked up
-    when the SSM cache refreshes."""
-    from shared.ssm import secret_environ
-
-    environ = secret_environ(os.environ)
-    fingerprint = hash(tuple(sorted(environ.items())))
-    cached = _cache.get(role)
-    if cached is not None and cached[0] == fingerprint:
-        return cached[1]
-    with _cache_lock:
-        cached = _cache.get(role)
-        if cached is None or cached[0] != fingerprint:
-            cached = (fingerprint, load_config(role, environ))
-            _cache[role] = cached
-    return cached[1]
-
-
-def reset_cache() -> None:
-    """Forget the loaded configuration and the cached SSM secret (tests, rotations)."""
-    from shared.ssm import reset_cache as reset_ssm
-
-    with _cache_lock:
-        _cache.clear()
-    reset_ssm()

@@ -14,13 +14,16 @@ class CloudPayError(Exception):
     status = 500
     code = "INTERNAL_ERROR"
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict | None = None):
+    def __init__(self, message: str, *, code: str | None = None, details: dict | None = None,
+                 public: dict | None = None):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        # Safe, non-secret evidence for logs (never sent to a client unless asked).
+        # Safe, non-secret evidence for logs (never sent to a client).
         self.details = details or {}
+        # Fields the caller may see beside code and message (e.g. which order it was).
+        self.public = public or {}
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -65,9 +68,28 @@ class Conflict(CloudPayError):
     code = "CONFLICT"
 
 
+class MethodNotAllowed(CloudPayError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
 class PayloadTooLarge(CloudPayError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaType(CloudPayError):
+    status = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+# --- our own data ----------------------------------------------------------------------
+
+class CatalogInvalid(CloudPayError):
+    """A product in the catalog is unusable (e.g. a float or zero price): our data error,
+    not the customer's.  500, and a log line for the operator."""
+
+    code = "CATALOG_INVALID"
 
 
 # --- the order store -----------------------------------------------------------------
@@ -145,6 +167,21 @@ class LoginUnavailable(CloudPayError):
 
     status = 502
     code = "WECHAT_LOGIN_UNAVAILABLE"
+
+
+class BillFormatError(WeChatPayError):
+    """The bill is not what WeChat Pay documents (WeChat sent something we cannot trust)."""
+
+    code = "BILL_FORMAT"
+
+
+# --- the bill archive (COS) ------------------------------------------------------------
+
+class ArchiveUnavailable(CloudPayError):
+    """COS could not be reached or refused the request (the archive is not written)."""
+
+    status = 503
+    code = "ARCHIVE_UNAVAILABLE"
 
 
 # --- notifications (callback) --------------------------------------------------------

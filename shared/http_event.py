@@ -1,6 +1,6 @@
 """SCF HTTP events in, SCF integrated responses out: the one place errors become HTTP.
 
-Both event shapes arrive here (see `../shared/reference/scf.md`):
+Both event shapes arrive here (Tencent Cloud SCF docs 583/12513 and 583/96099):
 - API Gateway (legacy): `httpMethod`, `path`, `headers`, `queryString`, `body`,
   `isBase64Encoded`, `requestContext` ...
 - Function URL: the same minus `isBase64Encoded`/`requestContext`; lower-case headers,
@@ -17,21 +17,23 @@ import binascii
 import json
 import re
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import BadRequest, CloudPayError, NotFound, PayloadTooLarge
-from shared.log import log
+from shared.errors import (
+    BadRequest,
+    CloudPayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from shared.log import log, where
+from shared.strict_json import JsonRejected, loads_object
 
 DEFAULT_MAX_BODY = 64 * 1024
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
-
-
-class MethodNotAllowed(CloudPayError):
-    status = 405
-    code = "METHOD_NOT_ALLOWED"
 
 
 class Headers:
@@ -54,28 +56,65 @@ class Headers:
         return dict(self._items)
 
 
+def _is_json_type(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 @dataclass
 class Request:
     method: str
     path: str
     headers: Headers
-    query: dict[str, str]
+    query: dict[str, list[str]]  # every value of each name, in order; a bare `?a` is [""]
     body: bytes
     source_ip: str | None = None
     request_id: str | None = None
     params: dict[str, str] = field(default_factory=dict)  # filled by the router
 
     def json(self) -> dict:
-        """The body as a JSON object, or BadRequest with a clear message."""
+        """The body as a JSON object, or a 4xx with a clear message.
+
+        The body must be declared `application/json`: a form or text body is not parsed
+        as JSON by accident.  Duplicate keys and absurd nesting are refused (400).
+        """
+        if not _is_json_type(self.headers.get("content-type")):
+            raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
         if not self.body.strip():
             raise BadRequest("the request body is empty; send a JSON object", code="INVALID_JSON")
         try:
-            value = json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadRequest("the request body is not valid JSON", code="INVALID_JSON") from exc
-        if not isinstance(value, dict):
-            raise BadRequest("the request body must be a JSON object", code="INVALID_JSON")
-        return value
+            return loads_object(self.body, "the request body")
+        except JsonRejected as rejected:
+            raise BadRequest(str(rejected), code="INVALID_JSON") from None
+
+    def query_value(self, name: str) -> str | None:
+        """The one value of query parameter `name` (None when absent); 400 when repeated."""
+        values = self.query.get(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise BadRequest(f"query parameter {name[:40]!r} must appear once", code="INVALID_QUERY")
+        return values[0]
+
+
+def _query(raw: Any) -> dict[str, list[str]]:
+    """SCF gives `queryString` as name -> value, or name -> [values] for repeated names."""
+    if not isinstance(raw, dict):
+        return {}
+    query: dict[str, list[str]] = {}
+    for name, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        cleaned = []
+        for item in values:
+            if item is None or item is True:  # a bare key: present, with no value
+                cleaned.append("")
+            elif isinstance(item, str):
+                cleaned.append(item)
+            else:
+                raise BadRequest(f"query parameter {str(name)[:40]!r} has an unusable value",
+                                 code="INVALID_QUERY")
+        query[str(name)] = cleaned
+    return query
 
 
 def parse_event(event: Any, context: Any = None, *, max_body: int = DEFAULT_MAX_BODY) -> Request:
@@ -100,7 +139,7 @@ def parse_event(event: Any, context: Any = None, *, max_body: int = DEFAULT_MAX_
         body = raw_body.encode("utf-8", "surrogatepass")
     if len(body) > max_body:
         raise PayloadTooLarge(f"the request body is larger than {max_body} bytes")
-    query = event.get("queryString") or event.get("queryStringParameters") or {}
+    query = _query(event.get("queryString") or event.get("queryStringParameters") or {})
     request_context = event.get("requestContext") or {}
     source_ip = headers.get("x-scf-remote-addr") or (
         request_context.get("sourceIp") if isinstance(request_context, dict) else None)
@@ -108,20 +147,29 @@ def parse_event(event: Any, context: Any = None, *, max_body: int = DEFAULT_MAX_
     return Request(method=str(event.get("httpMethod") or "").upper(),
                    path=str(event.get("path") or "/"),
                    headers=headers,
-                   query={str(k): str(v) for k, v in query.items()} if isinstance(query, dict) else {},
+                   query=query,
                    body=body, source_ip=source_ip, request_id=request_id)
 
 
 def response(status: int, payload: Any = None, headers: dict | None = None) -> dict:
     """An SCF integrated response; `payload` None means an empty body (e.g. 204)."""
-    body = "" if payload is None else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    body = "" if payload is None else _json_text(payload)
     return {"isBase64Encoded": False, "statusCode": status,
             "headers": {**JSON_HEADERS, **(headers or {})}, "body": body}
 
 
+def _json_text(payload: Any) -> str:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from the client's own JSON: escape it
+        text = json.dumps(payload, ensure_ascii=True, separators=(",", ":"))
+    return text
+
+
 def error_payload(error: CloudPayError) -> dict:
-    """The prepare contract: {"error": {"code", "message"}}."""
-    return {"error": {"code": error.code, "message": error.message}}
+    """The prepare contract: {"error": {"code", "message"}} (plus the error's public fields)."""
+    return {"error": {**error.public, "code": error.code, "message": error.message}}
 
 
 Handler = Callable[[Request], "tuple[int, Any]"]
@@ -179,7 +227,8 @@ def serve(event: Any, context: Any, endpoint: Callable[[Request], tuple[int, Any
     except Exception as exc:  # the last line of defence: never a stack trace in a reply
         status, outcome = 500, "INTERNAL_ERROR"
         reply = response(500, error_body(CloudPayError("internal error; it has been logged")))
-        log(f"{name}.crash", level="error", error=type(exc).__name__, where=_where(exc))
+        log(f"{name}.crash", level="error", error=type(exc).__name__, where=where(exc))
+    # `log` never raises (it escapes what stdout cannot encode), so the reply always goes out.
     log(f"{name}.request", method=request.method if request else None,
         path=request.path if request else None, status=status, outcome=outcome,
         ms=int((time.monotonic() - started) * 1000),
@@ -191,8 +240,3 @@ def _cause(error: BaseException) -> str | None:
     cause = error.__cause__
     return type(cause).__name__ if cause is not None else None
 
-
-def _where(exc: BaseException) -> list[str]:
-    """file:line of the frames, without messages or locals (they may hold secrets)."""
-    frames = traceback.extract_tb(exc.__traceback__)[-5:]
-    return [f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}:{frame.name}" for frame in frames]

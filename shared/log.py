@@ -10,6 +10,7 @@ import json
 import sys
 import threading
 import time
+import traceback
 
 _SECRET_WORDS = ("secret", "key", "token", "password", "signature", "session", "authorization",
                  "ciphertext", "uri")
@@ -33,15 +34,30 @@ def _clean(value):
 
 
 def log(event: str, level: str = "info", **fields) -> None:
+    """Write one line.  Never raises: a log line must not cost a request its reply."""
     record = {"ts": int(time.time() * 1000), "level": level, "event": event}
     record.update(_clean(fields))
     line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-    with _lock:
-        _sink.write(line + "\n")
-        _sink.flush()
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a client: escape, do not crash
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    try:
+        with _lock:
+            _sink.write(line + "\n")
+            _sink.flush()
+    except (OSError, ValueError):  # stdout closed or broken: nothing better to do
+        pass
 
 
 def set_sink(stream) -> None:
     """Send log lines elsewhere (tests capture them to check nothing secret is logged)."""
     global _sink
     _sink = stream
+
+
+def where(exc: BaseException) -> list[str]:
+    """file:line of an exception's last frames, without messages or locals (they may
+    hold secrets): what a crash log line carries instead of a traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)[-5:]
+    return [f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}:{frame.name}" for frame in frames]

@@ -1,7 +1,7 @@
 """Mini-program login: the `wx.login()` code -> the user's openid (code2Session).
 
-`code_to_session(config, code)` returns the openid; `login(config, code)` also returns
-the unionid when WeChat sends one.  The `session_key` is never returned, stored or
+`WeChatLogin(config).openid(code)` returns the openid; `.login(code)` also returns the
+unionid when WeChat sends one.  The `session_key` is never returned, stored or
 logged: this backend does not decrypt user data, so it has no use for it.
 
 Built on wechatpy's `WeChatClient`, with two precautions from reading its source
@@ -17,7 +17,6 @@ wechatpy is imported lazily, so functions that never log anyone in do not pay fo
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,54 +50,76 @@ class LoginSession:
     unionid: str | None = None
 
 
-def code_to_session(config, code: str) -> str:
-    """The openid for a `wx.login()` code (what `CheckoutService` needs)."""
-    return login(config, code).openid
+class WeChatLogin:
+    """code2Session for one mini-program: built once per warm instance (`shared.runtime`).
 
-
-def login(config, code: str) -> LoginSession:
-    """Exchange a `wx.login()` code for the user's identity.
-
-    Raises `LoginFailed` (401) when WeChat refuses the code (invalid, expired, reused)
-    or the code is malformed (then without any request), and `LoginUnavailable` (502)
-    when WeChat cannot be reached, times out, answers non-JSON or is busy, or when our
-    appid/secret are refused (logged as an error for the operator).
+    wechatpy is imported here, at construction, so functions that never log anyone in
+    (and `prepare`'s status queries) do not pay for it.
     """
-    if not isinstance(code, str) or not _CODE_RE.fullmatch(code):
-        raise LoginFailed("the login code is malformed; call wx.login() again",
-                          details={"reason": "malformed"})
-    client = _client_for(config)
 
-    from requests import RequestException
-    from wechatpy.exceptions import WeChatClientException
+    def __init__(self, config):
+        if not config.wechat_appid:
+            raise ConfigError("WECHAT_APPID", "is required for login")
+        if not config.wechat_appsecret:
+            raise ConfigError("WECHAT_APPSECRET", "is required for login")
+        from wechatpy import WeChatClient
 
-    started = time.monotonic()
-    outcome, errcode = "error", None
-    try:
+        self._client = WeChatClient(config.wechat_appid, config.wechat_appsecret,
+                                    access_token="unused",  # noqa: S106 - placeholder, see module doc
+                                    timeout=LOGIN_TIMEOUT, auto_retry=False)
+        # wechatpy joins base and endpoint without a separator: keep the trailing slash.
+        self._client.wxa.API_BASE_URL = config.wechat_api_base.rstrip("/") + "/"
+
+    def __repr__(self) -> str:
+        return "WeChatLogin()"
+
+    def openid(self, code: str) -> str:
+        """The openid for a `wx.login()` code (what `CheckoutService` needs)."""
+        return self.login(code).openid
+
+    def login(self, code: str) -> LoginSession:
+        """Exchange a `wx.login()` code for the user's identity.
+
+        Raises `LoginFailed` (401) when WeChat refuses the code (invalid, expired, reused)
+        or the code is malformed (then without any request), and `LoginUnavailable` (502)
+        when WeChat cannot be reached, times out, answers non-JSON or is busy, or when our
+        appid/secret are refused (logged as an error for the operator).
+        """
+        if not isinstance(code, str) or not _CODE_RE.fullmatch(code):
+            raise LoginFailed("the login code is malformed; call wx.login() again",
+                              details={"reason": "malformed"})
+
+        from requests import RequestException
+        from wechatpy.exceptions import WeChatClientException
+
+        started = time.monotonic()
+        outcome, errcode = "error", None
         try:
-            result: Any = client.wxa.code_to_session(code)
-        except WeChatClientException as exc:
-            errcode = exc.errcode
-            outcome = "refused"
-            # Not chained: wechatpy's exception holds the request, whose URL has the secret.
-            raise _login_error(exc.errcode) from None
-        except RequestException as exc:
-            outcome = "unreachable"
-            # Not chained either: requests' messages quote the URL, secret included.
-            raise LoginUnavailable(f"WeChat login could not be reached ({type(exc).__name__})",
-                                   details={"cause": type(exc).__name__}) from None
-        if not isinstance(result, dict):  # wechatpy returns the raw Response for non-JSON
-            outcome = "bad_answer"
-            raise LoginUnavailable("WeChat login answered something that is not JSON")
-        openid, unionid = result.get("openid"), result.get("unionid")
-        if not isinstance(openid, str) or not openid:
-            outcome = "bad_answer"
-            raise LoginUnavailable("WeChat login answered without an openid")
-        outcome = "ok"
-        return LoginSession(openid=openid, unionid=unionid if isinstance(unionid, str) and unionid else None)
-    finally:
-        log("wechat.login", level="info" if outcome == "ok" else "warning", outcome=outcome,
-            errcode=errcode, ms=int((time.monotonic() - started) * 1000))
+            try:
+                result: Any = self._client.wxa.code_to_session(code)
+            except WeChatClientException as exc:
+                errcode = exc.errcode
+                outcome = "refused"
+                # Not chained: wechatpy's exception holds the request, whose URL has the secret.
+                raise _login_error(exc.errcode) from None
+            except RequestException as exc:
+                outcome = "unreachable"
+                # Not chained either: requests' messages quote the URL, secret included.
+                raise LoginUnavailable(f"WeChat login could not be reached ({type(exc).__name__})",
+                                       details={"cause": type(exc).__name__}) from None
+            if not isinstance(result, dict):  # wechatpy returns the raw Response for non-JSON
+                outcome = "bad_answer"
+                raise LoginUnavailable("WeChat login answered something that is not JSON")
+            openid, unionid = result.get("openid"), result.get("unionid")
+            if not isinstance(openid, str) or not openid:
+                outcome = "bad_answer"
+                raise LoginUnavailable("WeChat login answered without an openid")
+            outcome = "ok"
+            return LoginSession(openid=openid,
+                                unionid=unionid if isinstance(unionid, str) and unionid else None)
+        finally:
+            log("wechat.login", level="info" if outcome == "ok" else "warning", outcome=outcome,
+                errcode=errcode, ms=int((time.monotonic() - started) * 1000))
 
 
 def _login_error(errcode) -> Exception:
@@ -115,40 +136,3 @@ def _login_error(errcode) -> Exception:
         return LoginUnavailable("WeChat login is misconfigured on the server", details={"errcode": errcode})
     return LoginFailed(f"WeChat refused the login code (errcode {errcode}); call wx.login() again",
                        details={"errcode": errcode})
-
-
-# --- one wechatpy client per process ------------------------------------------------
-
-_clients: dict[int, tuple[Any, Any]] = {}
-_clients_lock = threading.Lock()
-
-
-def _client_for(config):
-    entry = _clients.get(id(config))
-    if entry is None or entry[0] is not config:
-        with _clients_lock:
-            entry = _clients.get(id(config))
-            if entry is None or entry[0] is not config:
-                entry = (config, _build_client(config))  # config kept so id() stays unique
-                _clients[id(config)] = entry
-    return entry[1]
-
-
-def _build_client(config):
-    if not config.wechat_appid:
-        raise ConfigError("WECHAT_APPID", "is required for login")
-    if not config.wechat_appsecret:
-        raise ConfigError("WECHAT_APPSECRET", "is required for login")
-    from wechatpy import WeChatClient
-
-    client = WeChatClient(config.wechat_appid, config.wechat_appsecret, access_token="unused",  # noqa: S106 - placeholder, see module doc
-                          timeout=LOGIN_TIMEOUT, auto_retry=False)
-    # wechatpy joins base and endpoint without a separator: keep the trailing slash.
-    client.wxa.API_BASE_URL = config.wechat_api_base.rstrip("/") + "/"
-    return client
-
-
-def reset_clients() -> None:
-    """Forget the built clients (tests, or after the app secret rotates)."""
-    with _clients_lock:
-        _clients.clear()

@@ -17,8 +17,6 @@ CLOSED = "CLOSED"      # closed unpaid (expired, or closed at WeChat Pay)
 PAYERROR = "PAYERROR"  # payment or prepay failed; never payable through us again
 REFUND = "REFUND"      # paid, and at least one refund succeeded (refundedFee > 0)
 
-STATES = (NOTPAY, SUCCESS, CLOSED, PAYERROR, REFUND)
-
 # from -> the states it may move to.  There is no edge into NOTPAY and none out of
 # CLOSED: a payment WeChat reports for a closed order is an anomaly for a human.
 TRANSITIONS = MappingProxyType({
@@ -44,10 +42,6 @@ ENTRY_EVENTS = MappingProxyType({
 def sources_of(target: str) -> tuple[str, ...]:
     """The states from which `target` may be reached."""
     return tuple(source for source, targets in TRANSITIONS.items() if target in targets)
-
-
-def is_allowed(source: str, target: str) -> bool:
-    return target in TRANSITIONS.get(source, ())
 
 
 # States that prove the order went through another one: a REFUND order was paid.

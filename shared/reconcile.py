@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 from shared import order_states
 from shared.errors import CloudPayError, IllegalTransition, WeChatPayRejected
-from shared.log import log
+from shared.log import log, where
 from shared.refunds import PROCESSING, REQUESTED, RefundService
 from shared.settlement import ALREADY_PAID, PAID, settle_transaction
 
@@ -83,6 +83,9 @@ class Reconciler:
             step(summary, deadline)
         except CloudPayError as error:  # e.g. store down: report, the next timer retries
             summary.add(f"error:{error.code}")
+        except Exception as exc:  # a bug must not stop the other steps; its frames go to the log
+            summary.add("error:INTERNAL_ERROR")
+            log("reconcile.crash", level="error", step=name, error=type(exc).__name__, where=where(exc))
         counts = dict(summary.counts)
         log("reconcile.step", step=name, counts=counts, ms=int((time.monotonic() - started) * 1000))
         return counts
@@ -98,19 +101,19 @@ class Reconciler:
                 summary.add(f"error:{error.code}")
                 log("reconcile.order_failed", level="warning", outTradeNo=order.get("outTradeNo"),
                     code=error.code)
+            except Exception as exc:  # one failing order never stops the rest
+                summary.add("error:INTERNAL_ERROR")
+                log("reconcile.crash", level="error", outTradeNo=order.get("outTradeNo"),
+                    error=type(exc).__name__, where=where(exc))
 
     def close_expired(self, summary, deadline) -> None:
         """NOTPAY past expireTime: close at WeChat Pay, then CLOSED (or settle if paid)."""
-        now = self.store.clock()
-        orders = self.store.orders.find({"payStatus": order_states.NOTPAY, "expireTime": {"$lt": now}},
-                                        {"_id": 0}).sort("expireTime", 1).limit(self.batch)
-        self._each(list(orders), summary, deadline, self._close_one)
+        orders = self.store.expired_unpaid(self.store.clock(), self.batch)
+        self._each(orders, summary, deadline, self._close_one)
 
     def close_failed(self, summary, deadline) -> None:
         """PAYERROR from a failed prepay: close at WeChat Pay in case it landed there."""
-        orders = self.store.orders.find({"payStatus": order_states.PAYERROR, "closeAtWeChat": True},
-                                        {"_id": 0}).sort("createTime", 1).limit(self.batch)
-        self._each(list(orders), summary, deadline, self._close_one)
+        self._each(self.store.failed_prepays(self.batch), summary, deadline, self._close_one)
 
     def _close_one(self, order: dict) -> str:
         out_trade_no = order["outTradeNo"]
@@ -132,11 +135,8 @@ class Reconciler:
     def recover_lost(self, summary, deadline) -> None:
         """NOTPAY, older than a few minutes, not expired: ask WeChat Pay (lost callbacks)."""
         now = self.store.clock()
-        orders = self.store.orders.find({"payStatus": order_states.NOTPAY,
-                                         "createTime": {"$lt": now - LOST_CALLBACK_AFTER_MS},
-                                         "expireTime": {"$gte": now}},
-                                        {"_id": 0}).sort("createTime", 1).limit(self.batch)
-        self._each(list(orders), summary, deadline, self._settle_from_query)
+        orders = self.store.unpaid_older_than(now - LOST_CALLBACK_AFTER_MS, now, self.batch)
+        self._each(orders, summary, deadline, self._settle_from_query)
 
     def _settle_from_query(self, order: dict) -> str:
         try:
@@ -152,11 +152,9 @@ class Reconciler:
 
     def check_refunds(self, summary, deadline) -> None:
         """Refunds without a final answer for a while: ask WeChat Pay."""
-        cutoff = self.store.clock() - REFUND_QUERY_AFTER_MS
-        pending = self.store.refunds.find({"status": {"$in": [REQUESTED, PROCESSING]},
-                                           "updateTime": {"$lt": cutoff}},
-                                          {"_id": 0}).sort("updateTime", 1).limit(self.batch)
-        for refund in list(pending):
+        pending = self.store.pending_refunds(self.store.clock() - REFUND_QUERY_AFTER_MS, self.batch,
+                                             (REQUESTED, PROCESSING))
+        for refund in pending:
             if deadline.expired():
                 summary.add("deferred")
                 continue
@@ -181,7 +179,7 @@ class Reconciler:
             summary.add("not_due")
             return
         bill_date = (now.date() - timedelta(days=1)).isoformat()
-        if self.store.events.find_one({"key": f"bill.reconciled:{bill_date}"}) is not None:
+        if self.store.find_bill_run(bill_date) is not None:
             summary.add("already_reconciled")
             return
         result = self.reconcile_bill(bill_date)
@@ -192,8 +190,7 @@ class Reconciler:
         """Compare WeChat Pay's trade bill of `bill_date` with the store."""
         from shared.bill import parse_trade_bill
 
-        key = f"bill.reconciled:{bill_date}"
-        done = self.store.events.find_one({"key": key}, {"_id": 0})
+        done = self.store.find_bill_run(bill_date)
         if done is not None and not force:
             return {"billDate": bill_date, "status": "already_reconciled", "counts": done.get("counts", {})}
         try:
@@ -226,19 +223,14 @@ class Reconciler:
             count(self._check_bill_row(bill_date, row))
 
         start, end = bill_day_bounds(bill_date)
-        ours = self.store.orders.find({"payStatus": {"$in": [order_states.SUCCESS, order_states.REFUND]},
-                                       "paidAt": {"$gte": start, "$lt": end}},
-                                      {"_id": 0, "outTradeNo": 1, "totalFee": 1, "transactionId": 1})
-        for order in ours:
+        for order in self.store.paid_between(start, end):
             if order["outTradeNo"] not in seen:
                 self.store.record_anomaly("bill_missing", order["outTradeNo"],
                                           {"billDate": bill_date, "totalFee": order["totalFee"],
                                            "transactionId": order.get("transactionId")},
                                           key=f"bill_missing:{bill_date}:{order['outTradeNo']}")
                 count("bill_missing")
-        self.store.append_event("bill.reconciled", "", key=key if not force else None,
-                                billDate=bill_date, counts=counts, archiveKey=archived,
-                                rows=len(rows))
+        self.store.record_bill_run(bill_date, {"counts": counts, "archiveKey": archived, "rows": len(rows)})
         log("reconcile.bill", billDate=bill_date, counts=counts, archived=archived)
         return {"billDate": bill_date, "status": "reconciled", "counts": counts, "archiveKey": archived}
 

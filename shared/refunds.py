@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 
 from shared import order_states
-from shared.errors import BadRequest, Conflict, IllegalTransition, StoreConflict, WeChatPayRejected
+from shared.errors import BadRequest, Conflict, StoreConflict, WeChatPayRejected
 from shared.log import log
 from shared.settlement import rfc3339_to_ms
 from shared.store import REFUND_RELEASED, REFUND_SUCCEEDED
@@ -169,14 +169,18 @@ class RefundService:
                 outcome = "already"
             elif current is not None and state is None:
                 if self.store.apply_unreserved_refund(out_trade_no, out_refund_no, amount) is None:
-                    return self._anomaly("refund_unmatched", out_trade_no, out_refund_no, evidence)
+                    # A concurrent copy of this same report may have applied it first: that
+                    # is a retry, not an anomaly.  Anything else is money we cannot place.
+                    again = self.store.find_order(out_trade_no) or {}
+                    if again.get("refundStates", {}).get(out_refund_no) != REFUND_SUCCEEDED:
+                        return self._anomaly("refund_unmatched", out_trade_no, out_refund_no, evidence)
+                    outcome = "already"
             else:  # unknown order, or a refund we released (refused/closed) now reported paid
                 return self._anomaly("refund_unmatched", out_trade_no, out_refund_no,
                                      {**evidence, "orderRefundState": state})
-        try:
-            self.store.transition(out_trade_no, order_states.REFUND)
-        except IllegalTransition:
-            pass  # already REFUND (a second refund on the order)
+        # Only a paid order holds a settled refund, so this cannot be refused; a second
+        # refund on an order that is already REFUND is "already done".
+        self.store.transition(out_trade_no, order_states.REFUND)
         self._set_status(out_refund_no, SUCCESS, refundId=refund.get("refund_id"),
                          successTime=rfc3339_to_ms(refund.get("success_time")))
         self.store.append_event("refund.succeeded", out_trade_no, key=f"refund.succeeded:{out_refund_no}",

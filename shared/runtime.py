@@ -1,47 +1,190 @@
-"""Composition root: the services of each function, built once per warm instance.
+"""Composition root: what one warm SCF instance keeps between invocations, in one place.
 
-Handlers call `checkout_service()`, `notification_service()`, ... on every invocation;
-the first call loads the configuration and builds the clients (Mongo, WeChat Pay HTTP
-session), later calls reuse them.  Nothing heavy happens at import time, so a cold start
-pays only for what the function uses.  Thread-safe: tests and the local gateway call
-handlers from several threads.
+Each function asks `runtime.instance("prepare")` (or "callback", "reconcile") for its
+`Instance`; the instance loads the configuration for that role and builds each part
+(the store, the WeChat Pay client, the login client, the services) the first time a
+request needs it, then reuses it.  Nothing heavy happens at import time, so a cold start
+pays only for what its first request uses.
+
+The configuration is re-read from the environment (overlaid with the SSM secret, whose
+cache has a TTL) on every request; when it changes (a rotated secret), every part is
+closed and rebuilt from the new configuration.  Thread-safe: tests, the local gateway and
+SCF's multi-concurrency mode call handlers from several threads.
+
+The environment is `os.environ` unless `configure(environ)` gives another mapping (the
+local stack and the tests do, so nothing rewrites `os.environ`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.config import get_config
+from shared.config import Config, load_config
 from shared.errors import ConfigError
 from shared.log import log
-
-_services: dict[str, Any] = {}
-_lock = threading.RLock()  # builders nest (a service builds the store)
+from shared.ssm import SecretCache
 
 
-def _cached(name: str, role: str, build: Callable[[Any], Any]) -> Any:
-    """The service `name`, built from the current configuration of `role`; rebuilt when
-    that configuration changes (a rotated SSM secret)."""
-    config = get_config(role)
-    entry = _services.get(name)
-    if entry is None or entry[0] is not config:
+class Instance:
+    """The configuration and the built parts of one function role in this process."""
+
+    def __init__(self, role: str, environ: Mapping[str, str] | None = None, *,
+                 secrets: SecretCache | None = None):
+        self.role = role
+        self._environ = environ            # None: os.environ, read at every request
+        self._secrets = secrets or SecretCache()
+        self._lock = threading.RLock()     # builders nest (a service builds the store)
+        self._fingerprint: int | None = None
+        self._config: Config | None = None
+        self._resolved: dict[str, str] = {}
+        self._parts: dict[str, Any] = {}
+
+    def environ(self) -> dict[str, str]:
+        """The environment as the functions see it: variables overlaid with the SSM secret."""
+        return self._secrets.environ(os.environ if self._environ is None else self._environ)
+
+    def config(self) -> Config:
+        environ = self.environ()
+        fingerprint = hash(tuple(sorted(environ.items())))
+        if fingerprint != self._fingerprint:
+            with self._lock:
+                if fingerprint != self._fingerprint:
+                    config = load_config(self.role, environ)
+                    self._close_parts()
+                    self._config, self._resolved, self._fingerprint = config, environ, fingerprint
+        return self._config
+
+    def _part(self, name: str, build: Callable[[Config], Any]) -> Any:
+        config = self.config()
+        part = self._parts.get(name)
+        if part is None:
+            with self._lock:
+                part = self._parts.get(name)
+                if part is None:
+                    part = self._parts[name] = build(config)
+        return part
+
+    def _close_parts(self) -> None:
+        parts, self._parts = self._parts, {}
+        for part in parts.values():
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_parts()
+            self._fingerprint = self._config = None
+
+    # --- the parts ------------------------------------------------------------------
+
+    @property
+    def store(self):
+        def build(config):
+            from shared.store.mongo import MongoOrderStore
+
+            return MongoOrderStore(config.mongodb_uri, config.mongodb_db)
+
+        return self._part("store", build)
+
+    @property
+    def wechatpay(self):
+        def build(config):
+            from shared.wechatpay.client import WeChatPayClient
+
+            return WeChatPayClient.from_config(config)
+
+        return self._part("wechatpay", build)
+
+    @property
+    def login(self):
+        def build(config):
+            from shared.login import WeChatLogin
+
+            return WeChatLogin(config)
+
+        return self._part("login", build)
+
+    @property
+    def archive(self):
+        def build(config):
+            from shared.archive import BillArchive
+
+            return BillArchive.from_environ(self._resolved)
+
+        return self._part("archive", build)
+
+    @property
+    def checkout(self):
+        def build(config):
+            from shared.checkout import CheckoutService
+
+            # Login is built on the first create: a status query never needs it.
+            return CheckoutService(config, self.store, self.wechatpay, login=lambda code: self.login.openid(code))
+
+        return self._part("checkout", build)
+
+    @property
+    def notifications(self):
+        def build(config):
+            from shared.notifications import NotificationService
+
+            # The store is built only once a notification verified: forgeries never connect.
+            return NotificationService(config, lambda: self.store)
+
+        return self._part("notifications", build)
+
+    @property
+    def reconciler(self):
+        def build(config):
+            from shared.reconcile import Reconciler
+
+            return Reconciler(config, self.store, self.wechatpay, archive=self.archive)
+
+        return self._part("reconciler", build)
+
+
+# --- the process's instances ----------------------------------------------------------
+
+_instances: dict[str, Instance] = {}
+_environ: Mapping[str, str] | None = None
+_secrets = SecretCache()  # one SSM secret serves every role of the process
+_lock = threading.Lock()
+
+
+def instance(role: str) -> Instance:
+    found = _instances.get(role)
+    if found is None:
         with _lock:
-            entry = _services.get(name)
-            if entry is None or entry[0] is not config:
-                entry = (config, build(config))
-                _services[name] = entry
-    return entry[1]
+            found = _instances.get(role)
+            if found is None:
+                found = _instances[role] = Instance(role, _environ, secrets=_secrets)
+    return found
+
+
+def configure(environ: Mapping[str, str] | None) -> None:
+    """Use `environ` instead of `os.environ` from now on (None: back to os.environ);
+    every instance is rebuilt from it."""
+    global _environ
+    with _lock:
+        _environ = None if environ is None else dict(environ)
+        _reset_locked()
 
 
 def reset() -> None:
-    """Forget every built service and the loaded configuration (tests, secret rotation)."""
-    from shared.config import reset_cache
-
+    """Forget every instance and the cached SSM secret (tests, forced re-read)."""
     with _lock:
-        _services.clear()
-    reset_cache()
+        _reset_locked()
+
+
+def _reset_locked() -> None:
+    for found in _instances.values():
+        found.close()
+    _instances.clear()
+    _secrets.clear()
 
 
 def warm(role: str) -> None:
@@ -49,52 +192,6 @@ def warm(role: str) -> None:
     malformed variable is reported (by name) in the cold-start log.  It does not raise:
     requests then answer a clean JSON 500 instead of SCF's opaque init error."""
     try:
-        get_config(role)
+        instance(role).config()
     except ConfigError as error:
         log("config.invalid", level="error", role=role, variable=error.variable, error=error.message)
-
-
-def _store(config):
-    from shared.store import OrderStore
-
-    return _cached(f"store:{config.role}", config.role, OrderStore.from_config)
-
-
-def _wechatpay(config):
-    from shared.wechatpay.client import get_client
-
-    return get_client(config)
-
-
-def checkout_service():
-    def build(config):
-        from shared.checkout import CheckoutService
-        from shared.login import code_to_session
-
-        return CheckoutService(config, _store(config), _wechatpay(config),
-                               login=lambda code: code_to_session(config, code))
-
-    return _cached("checkout", "prepare", build)
-
-
-def notification_service():
-    def build(config):
-        from shared.notifications import NotificationService
-
-        return NotificationService(config, lambda: _store(config))
-
-    return _cached("notifications", "callback", build)
-
-
-def reconciler():
-    def build(config):
-        import os
-
-        from shared.archive import BillArchive
-        from shared.reconcile import Reconciler
-        from shared.ssm import secret_environ
-
-        archive = BillArchive.from_environ(secret_environ(os.environ))
-        return Reconciler(config, _store(config), _wechatpay(config), archive=archive)
-
-    return _cached("reconciler", "reconcile", build)

@@ -7,8 +7,9 @@ variable names to strings::
     {"WECHATPAY_PRIVATE_KEY": "-----BEGIN ...", "WECHATPAY_APIV3_KEY": "...",
      "WECHAT_APPSECRET": "...", "ORDER_TOKEN_SECRET": "...", "MONGODB_URI": "mongodb://..."}
 
-`secret_environ(os.environ)` returns a new dict: the environment with those keys laid
-over it.  Variables (all optional unless CLOUDPAY_SSM_SECRET_NAME is set):
+`SecretCache().environ(os.environ)` returns a new dict: the environment with those
+keys laid over it (`shared.runtime` keeps one cache per process).  Variables (all
+optional unless CLOUDPAY_SSM_SECRET_NAME is set):
 
   CLOUDPAY_SSM_SECRET_NAME   the secret's name; unset or blank = SSM not used
   CLOUDPAY_SSM_VERSION_ID    the version to read (required, no default: `SSM_Current`
@@ -299,16 +300,3 @@ class SecretCache:
             self._failure = None
             self._entry = _Entry(source, values, now + ttl)
             return values
-
-
-_default_cache = SecretCache()
-
-
-def secret_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` overlaid with the SSM secret's variables (a copy when SSM is not used)."""
-    return _default_cache.environ(environ)
-
-
-def reset_cache() -> None:
-    """Forget the cached secret (tests; a forced re-read after a rotation)."""
-    _default_cache.clear()

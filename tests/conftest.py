@@ -1,23 +1,38 @@
 """Shared fixtures: the wire-protocol MongoDB (nx-27017) over real TCP.
 
-Set TEST_MONGODB_URI to run the same suite against a real MongoDB instead.
+Isolation.  nx-27017 does not isolate databases (a document written under one database
+name is visible under all of them, and dropping any database drops every collection).
+So each pytest session, and each xdist worker, starts a server of its own on a fresh
+file in its own temporary folder; that server exits when the session's process does,
+even when the run is interrupted or killed, and the next run never sees its data.
+Every test that uses the store starts from an empty database (cleared at set-up, not
+only at tear-down, so a test interrupted half-way cannot leak into the next one).
+
+Set TEST_MONGODB_URI to run the same suite against a real MongoDB instead; each test
+then has a database of its own (`cloudpay_test_<time>_<random>`), dropped before and
+after, and databases of that prefix older than a day are dropped at session start.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
+import pymongo
 import pytest
 
 from devtools.mongo_server import MongoServer
-from shared.store import OrderStore, get_client
+from shared.store.mongo import MongoOrderStore, client_options
+
+TEST_DB_PREFIX = "cloudpay_test_"
 
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory):
     external = os.environ.get("TEST_MONGODB_URI")
     if external:
+        _drop_stale_test_databases(external)
         yield external
         return
     server = MongoServer(tmp_path_factory.mktemp("mongo") / "test.db").start()
@@ -25,19 +40,37 @@ def mongo_uri(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def db_name():
-    return f"t_{uuid.uuid4().hex[:12]}"
+def _drop_stale_test_databases(uri: str) -> None:
+    client = pymongo.MongoClient(uri, **client_options(uri))
+    try:
+        cutoff = int(time.time()) - 86_400
+        for name in client.list_database_names():
+            stamp = name[len(TEST_DB_PREFIX):].split("_", 1)[0]
+            if name.startswith(TEST_DB_PREFIX) and stamp.isdigit() and int(stamp) < cutoff:
+                client.drop_database(name)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongo_uri):
+    client = pymongo.MongoClient(mongo_uri, **client_options(mongo_uri))
+    yield client
+    client.close()
 
 
 @pytest.fixture
-def store(mongo_uri, db_name):
-    """A fresh database per test, indexes created, dropped afterwards."""
-    client = get_client(mongo_uri)
-    order_store = OrderStore(client[db_name])
-    order_store.ensure_indexes()
-    yield order_store
-    client.drop_database(db_name)
+def db_name(mongo_client):
+    name = f"{TEST_DB_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:8]}"
+    mongo_client.drop_database(name)  # on nx-27017: clears whatever a previous test left
+    yield name
+    mongo_client.drop_database(name)
+
+
+@pytest.fixture
+def store(mongo_uri, mongo_client, db_name):
+    """The MongoDB adapter on a fresh database."""
+    return MongoOrderStore(mongo_uri, db_name, client=mongo_client)
 
 
 @pytest.fixture
@@ -49,43 +82,43 @@ def private_mongo(tmp_path):
 
 
 @pytest.fixture
-def function_env(monkeypatch, mongo_uri, db_name):
-    """Point the functions at the test MongoDB (a fresh database) via the environment.
+def memory_store():
+    from shared.store.memory import InMemoryOrderStore
 
-    Returns a callable to set more variables; every instance-level cache (config,
-    services, HTTP clients) is reset on each change and at the end, as in a cold start.
-    """
-    from shared import runtime
-    from shared.login import reset_clients as reset_login
-    from shared.wechatpay.client import reset_clients as reset_wechatpay
-    from tests.keys import make_environ
-
-    def apply(**overrides):
-        """Set (or with None, remove) variables on top of what is set already."""
-        for name, value in overrides.items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
-        reset_all()
-
-    def reset_all():
-        runtime.reset()
-        reset_login()
-        reset_wechatpay()
-
-    apply(**make_environ(MONGODB_URI=mongo_uri, MONGODB_DB=db_name))
-    yield apply
-    reset_all()
-    get_client(mongo_uri).drop_database(db_name)
+    return InMemoryOrderStore()
 
 
 @pytest.fixture
-def env_store(function_env, mongo_uri, db_name):
+def function_env(mongo_uri, db_name):
+    """The functions' configuration (`shared.runtime.configure`), on a fresh database.
+
+    Returns a callable that sets more variables (None removes one); every instance (the
+    configuration, clients and services) is rebuilt on each change and at the end, as
+    in a cold start.  os.environ is not touched.
+    """
+    from shared import runtime
+    from tests.keys import make_environ
+
+    environ = make_environ(MONGODB_URI=mongo_uri, MONGODB_DB=db_name)
+
+    def apply(**overrides):
+        for name, value in overrides.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
+        runtime.configure(environ)
+        return environ
+
+    apply()
+    yield apply
+    runtime.configure(None)
+
+
+@pytest.fixture
+def env_store(function_env, mongo_uri, mongo_client, db_name):
     """The store the functions see (same database as function_env)."""
-    order_store = OrderStore(get_client(mongo_uri)[db_name])
-    order_store.ensure_indexes()
-    return order_store
+    return MongoOrderStore(mongo_uri, db_name, client=mongo_client)
 
 
 pytest_plugins = ["tests.sim_fixtures", "tests.s3_fixtures"]

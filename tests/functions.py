@@ -26,6 +26,7 @@ def http_event(method: str, path: str, *, body: bytes | str | dict | None = None
     """An SCF HTTP event in Function URL shape, or API Gateway shape (base64 body)."""
     if isinstance(body, dict):
         body = json.dumps(body)
+        headers = {"Content-Type": "application/json", **(headers or {})}
     raw = body.encode() if isinstance(body, str) else (body or b"")
     if shape == "url":
         return {"httpMethod": method, "path": path, "queryString": {},

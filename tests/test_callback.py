@@ -162,12 +162,11 @@ def test_payment_for_a_closed_order_is_an_anomaly(callback, order):
 
 def test_store_stopped_answers_503_then_the_retry_settles(function_env, private_mongo, db_name):
     """A real outage: the server is stopped while the notification arrives."""
-    from shared.store import OrderStore, get_client
+    from shared.store.mongo import MongoOrderStore
 
     uri = f"{private_mongo.uri}/?serverSelectionTimeoutMS=700&connectTimeoutMS=700"
     function_env(MONGODB_URI=uri)
-    store = OrderStore(get_client(uri)[db_name])
-    store.ensure_indexes()
+    store = MongoOrderStore(uri, db_name)
     store.insert_order({"outTradeNo": OTN, "openid": "oUser", "appid": APPID, "mchid": MCHID, "items": [],
                         "totalFee": 100, "description": "Tea x1", "expireTime": store.clock() + 1_800_000})
     handler = load_function("callback")

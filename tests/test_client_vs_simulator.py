@@ -14,7 +14,7 @@ from shared.errors import (
     WeChatPayRejected,
     WeChatPayUnreachable,
 )
-from shared.login import code_to_session
+from shared.login import WeChatLogin
 from shared.wechatpay.client import WeChatPayClient
 from shared.wechatpay.notification import verify_notification
 
@@ -126,10 +126,10 @@ def test_simulator_notifications_verify_with_our_verifier(client, config, simula
 def test_login_against_the_simulator(config, simulator, sim_keys):
     prepare = load_config("prepare", sim_keys.function_environ(simulator.url, "http://127.0.0.1:9/n",
                                                                "mongodb://127.0.0.1:1"))
-    assert code_to_session(prepare, "test-alice") == simulator.openid_for("test-alice")
+    assert WeChatLogin(prepare).openid("test-alice") == simulator.openid_for("test-alice")
     from shared.errors import LoginFailed
 
     with pytest.raises(LoginFailed):
-        code_to_session(prepare, "bogus-code")
+        WeChatLogin(prepare).openid("bogus-code")
     counters = simulator.counters()
     assert counters.get("jscode2session") == 2 and counters.get("token_fetches", 0) == 0, counters

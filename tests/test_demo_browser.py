@@ -57,10 +57,7 @@ def test_checkout_page_shows_the_payment_the_server_confirms(stack, browser, but
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "SUCCESS"))
     assert browser.find_element(By.ID, "error").text == ""
 
-    from shared.config import get_config
-    from shared.store import OrderStore
-
-    store = OrderStore.from_config(get_config("store"))
+    store = stack.store
     assert store.get_order(number)["payStatus"] == "SUCCESS"
     assert store.count_events("order.paid", number) == 1
 

@@ -52,12 +52,11 @@ def test_store_down_while_notifications_arrive_then_retries_settle_all(live_stac
                                                                         function_env):
     """nx is stopped while WeChat notifies: 503s; its retries after the restart settle
     every order exactly once."""
-    from shared.store import OrderStore, get_client
+    from shared.store.mongo import MongoOrderStore
 
     uri = f"{private_mongo.uri}/?serverSelectionTimeoutMS=500&connectTimeoutMS=500"
     function_env(MONGODB_URI=uri)
-    store = OrderStore(get_client(uri)[db_name])
-    store.ensure_indexes()
+    store = MongoOrderStore(uri, db_name)
     store.upsert_product("A1", "Oolong tea", 1990)
     live_stack.simulator.configure(retry_factor=0.02)  # 15 s -> 0.3 s, 30 s -> 0.6 s ...
     orders = [live_stack.create_order(code=f"test-u{i}") for i in range(3)]

@@ -74,9 +74,6 @@ def no_token_fetch(monkeypatch):
         raise AssertionError("wechatpy tried to fetch an access token")
 
     monkeypatch.setattr(WeChatClient, "fetch_access_token", forbidden)
-    login.reset_clients()
-    yield
-    login.reset_clients()
 
 
 @pytest.fixture
@@ -101,7 +98,7 @@ def logs():
 
 
 def test_valid_code_returns_openid(fake, config, logs):
-    assert login.code_to_session(config, "081aBc2w3Kl_-9") == "oUser1"
+    assert login.WeChatLogin(config).openid("081aBc2w3Kl_-9") == "oUser1"
     [path] = fake.paths
     parts = urlsplit(path)
     assert parts.path == "/sns/jscode2session"
@@ -113,14 +110,14 @@ def test_valid_code_returns_openid(fake, config, logs):
 
 def test_login_returns_unionid_and_never_the_session_key(fake, config):
     fake.answer({"openid": "oUser2", "unionid": "uUnion2", "session_key": SESSION_KEY})
-    session = login.login(config, "code2")
+    session = login.WeChatLogin(config).login("code2")
     assert session == login.LoginSession(openid="oUser2", unionid="uUnion2")
     assert SESSION_KEY not in repr(session) and not hasattr(session, "session_key")
 
 
 def test_wechat_api_base_with_trailing_slash(fake):
     config = make_config(WECHAT_API_BASE=fake.base + "/")
-    assert login.code_to_session(config, "code3") == "oUser1"
+    assert login.WeChatLogin(config).openid("code3") == "oUser1"
     assert fake.paths[0].startswith("/sns/jscode2session?")
 
 
@@ -131,7 +128,7 @@ def test_wechat_api_base_with_trailing_slash(fake):
 def test_errcodes_map_to_login_errors(fake, config, logs, errcode, cls):
     fake.answer({"errcode": errcode, "errmsg": "invalid code, rid: 6634a1b2"})
     with pytest.raises(cls) as info:
-        login.code_to_session(config, "badcode")
+        login.WeChatLogin(config).openid("badcode")
     assert info.value.details["errcode"] == errcode
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert APPSECRET not in str(info.value) and APPSECRET not in logs.getvalue()
@@ -141,33 +138,33 @@ def test_errcodes_map_to_login_errors(fake, config, logs, errcode, cls):
 def test_invalid_code_is_login_failed_with_a_human_message(fake, config):
     fake.answer({"errcode": 40029, "errmsg": "invalid code"})
     with pytest.raises(LoginFailed) as info:
-        login.code_to_session(config, "expired")
+        login.WeChatLogin(config).openid("expired")
     assert "wx.login()" in info.value.message and info.value.status == 401
 
 
 @pytest.mark.parametrize("code", ["", "a" * 129, "has space", "semi;colon", "ü", "a\nb", None, 42])
 def test_malformed_code_is_refused_without_a_request(fake, config, code):
     with pytest.raises(LoginFailed):
-        login.code_to_session(config, code)
+        login.WeChatLogin(config).openid(code)
     assert fake.paths == []
 
 
 def test_http_500_is_unavailable(fake, config):
     fake.answer(b"<html>500</html>", status=500)
     with pytest.raises(LoginUnavailable):
-        login.code_to_session(config, "code500")
+        login.WeChatLogin(config).openid("code500")
 
 
 def test_non_json_200_is_unavailable(fake, config):
     fake.answer(b"<html>hello</html>")
     with pytest.raises(LoginUnavailable):
-        login.code_to_session(config, "codehtml")
+        login.WeChatLogin(config).openid("codehtml")
 
 
 def test_answer_without_openid_is_unavailable(fake, config):
     fake.answer({"session_key": SESSION_KEY})
     with pytest.raises(LoginUnavailable) as info:
-        login.code_to_session(config, "codeempty")
+        login.WeChatLogin(config).openid("codeempty")
     assert SESSION_KEY not in str(info.value)
 
 
@@ -177,7 +174,7 @@ def test_connection_refused_is_unavailable_and_hides_the_secret():
         port = sock.getsockname()[1]
     config = make_config(WECHAT_API_BASE=f"http://127.0.0.1:{port}")
     with pytest.raises(LoginUnavailable) as info:
-        login.code_to_session(config, "coderefused")
+        login.WeChatLogin(config).openid("coderefused")
     # requests' own message quotes the URL (secret included): it must not be attached.
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert APPSECRET not in str(info.value) and APPSECRET not in repr(info.value.details)
@@ -189,12 +186,15 @@ def test_timeout_is_unavailable(fake, monkeypatch):
     fake.answer({"openid": "late"}, delay=1.0)
     started = time.monotonic()
     with pytest.raises(LoginUnavailable):
-        login.code_to_session(config, "codeslow")
+        login.WeChatLogin(config).openid("codeslow")
     assert time.monotonic() - started < 1.0
 
 
-def test_client_is_built_once_per_config_and_thread_safe(fake, config, monkeypatch):
+def test_client_is_built_once_per_instance_and_thread_safe(fake, monkeypatch):
     import wechatpy
+
+    from shared.runtime import Instance
+    from tests.keys import make_environ
 
     built = []
     real = wechatpy.WeChatClient
@@ -205,11 +205,13 @@ def test_client_is_built_once_per_config_and_thread_safe(fake, config, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(wechatpy, "WeChatClient", counting)
+    environ = make_environ(WECHAT_API_BASE=fake.base)
+    instance = Instance("prepare", environ)
     results, barrier = [], threading.Barrier(8)
 
     def run():
         barrier.wait()
-        results.append(login.code_to_session(config, "codeparallel"))
+        results.append(instance.login.openid("codeparallel"))
 
     threads = [threading.Thread(target=run) for _ in range(8)]
     for thread in threads:
@@ -217,14 +219,15 @@ def test_client_is_built_once_per_config_and_thread_safe(fake, config, monkeypat
     for thread in threads:
         thread.join()
     assert results == ["oUser1"] * 8 and len(built) == 1
-    login.code_to_session(make_config(WECHAT_API_BASE=fake.base), "another")
+    environ["WECHAT_APPSECRET"] = "b" * 32  # a rotated secret: the client is rebuilt
+    assert instance.login.openid("another") == "oUser1"
     assert len(built) == 2
 
 
 def test_missing_app_secret_is_a_config_error():
     config = make_config("callback", WECHAT_APPSECRET=None)
     with pytest.raises(ConfigError) as info:
-        login.code_to_session(config, "code")
+        login.WeChatLogin(config).openid("code")
     assert info.value.variable == "WECHAT_APPSECRET"
 
 

@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from shared import order_states as st
+from shared.store.port import by
 from tests.functions import load_function
 
 CHINA = timezone(timedelta(hours=8))
@@ -33,7 +34,7 @@ def _age(store, out_trade_no, *, created_ms_ago=0, expired_ms_ago=None):
     fields = {"createTime": now - created_ms_ago}
     if expired_ms_ago is not None:
         fields["expireTime"] = now - expired_ms_ago
-    store.orders.update_one({"outTradeNo": out_trade_no}, {"$set": fields})
+    store.update_order_fields(out_trade_no, fields)
 
 
 def _sweep(handler):
@@ -86,7 +87,8 @@ def test_failed_prepay_orders_are_closed_at_wechat(live_stack, reconcile):
     reply = live_stack.prepare(http_event("POST", "/orders", body={"code": "test-f", "items": [
         {"sku": "A1", "quantity": 1}]}), {})
     assert reply["statusCode"] == 502
-    number = live_stack.store.orders.find_one({}, {"outTradeNo": 1})["outTradeNo"]
+    [failed] = live_stack.store.list_orders()
+    number = failed["outTradeNo"]
     report = _sweep(reconcile)
     assert report["close_failed"] == {"closed": 1}, report  # the prepay never reached WeChat: 404
     order = live_stack.store.get_order(number)
@@ -161,9 +163,8 @@ def test_bill_for_a_day_without_payments_finds_our_stray_payment(live_stack, rec
     an empty bill, so a payment we recorded for that day is an anomaly."""
     day = (datetime.now(CHINA) - timedelta(days=3)).date()
     number = live_stack.create_order()["outTradeNo"]
-    live_stack.store.orders.update_one({"outTradeNo": number}, {"$set": {
-        "payStatus": st.SUCCESS, "transactionId": "T", "paidAt": int(datetime(day.year, day.month, day.day, 9,
-                                                                               tzinfo=CHINA).timestamp()) * 1000}})
+    paid_at = int(datetime(day.year, day.month, day.day, 9, tzinfo=CHINA).timestamp()) * 1000
+    live_stack.store.transition(number, st.SUCCESS, fields={"transactionId": "T", "paidAt": paid_at})
     result = reconcile({"action": "reconcile", "billDate": day.isoformat()}, CONTEXT)
     assert result["ok"] is True and result["counts"] == {"bill_missing": 1}, result
     assert result["archiveKey"] is None
@@ -267,7 +268,7 @@ def test_closed_refund_gives_the_amount_back(live_stack, reconcile, paid_order):
 def test_lost_refund_notification_is_completed_by_the_sweep(live_stack, reconcile, paid_order):
     assert _refund(reconcile, paid_order, 700, "R-LOST")["ok"]
     live_stack.simulator.complete_refund("R-LOST", notify="drop")
-    live_stack.store.refunds.update_one({"outRefundNo": "R-LOST"}, {"$set": {"updateTime": 0}})
+    live_stack.store._update_one("refunds", by(outRefundNo="R-LOST"), set={"updateTime": 0})  # 5 minutes pass
     report = _sweep(reconcile)
     assert report["refunds"] == {"succeeded": 1}, report
     assert live_stack.store.get_order(paid_order)["refundedFee"] == 700
@@ -277,7 +278,7 @@ def test_timer_reconciles_yesterdays_bill_once_after_ten(live_stack, reconcile):
     """The sweep's bill step: not before 10:00 (UTC+8), then once per day."""
     from shared import runtime
     from shared.reconcile import Reconciler
-    from shared.store import OrderStore
+    from shared.store.mongo import MongoOrderStore
 
     bill_date, paid_time = _yesterday()
     number = live_stack.create_order()["outTradeNo"]
@@ -287,17 +288,17 @@ def test_timer_reconciles_yesterdays_bill_once_after_ten(live_stack, reconcile):
 
     def at(hour):
         clock_ms = int(datetime(today.year, today.month, today.day, hour, tzinfo=CHINA).timestamp()) * 1000
-        base = runtime.reconciler()
-        store = OrderStore(base.store.db, clock=lambda: clock_ms)
+        base = runtime.instance("reconcile").reconciler
+        store = MongoOrderStore(base.store.uri, base.store.db_name, clock=lambda: clock_ms)
         return Reconciler(base.config, store, base.wechatpay, archive=base.archive)
 
     assert at(9).sweep(CONTEXT)["bill"] == {"not_due": 1}
     assert at(11).sweep(CONTEXT)["bill"] == {"matched": 1}
     assert at(11).sweep(CONTEXT)["bill"] == {"already_reconciled": 1}
-    assert live_stack.store.events.count_documents({"key": f"bill.reconciled:{bill_date}"}) == 1
+    assert live_stack.store.find_bill_run(bill_date)["counts"] == {"matched": 1}
 
 
-def test_the_command_line_runs_the_same_operations(live_stack, reconcile, paid_order):
+def test_the_command_line_runs_the_same_operations(live_stack, reconcile, paid_order, function_env):
     """python -m shared.admin, as a merchant runs it with the function's environment."""
     import json
     import os
@@ -307,7 +308,8 @@ def test_the_command_line_runs_the_same_operations(live_stack, reconcile, paid_o
     from tests.functions import ROOT
 
     def admin(*args):
-        done = subprocess.run([sys.executable, "-m", "shared.admin", *args], cwd=ROOT, env=dict(os.environ),
+        done = subprocess.run([sys.executable, "-m", "shared.admin", *args], cwd=ROOT,
+                              env={**os.environ, **function_env()},
                               capture_output=True, text=True, timeout=60)
         return done.returncode, json.loads(done.stdout[done.stdout.index("{\n"):])
 

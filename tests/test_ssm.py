@@ -123,11 +123,18 @@ def fake_ssm():
     thread.join(5)
 
 
+_cache = ssm.SecretCache()  # one per process, as shared.runtime keeps it
+
+
+def secret_environ(environ):
+    return _cache.environ(environ)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    ssm.reset_cache()
+    _cache.clear()
     yield
-    ssm.reset_cache()
+    _cache.clear()
 
 
 def _environ(server: FakeSsm | None = None, **overrides) -> dict[str, str]:
@@ -165,7 +172,7 @@ def _assert_no_secret(text: str) -> None:
 
 def _config_error(environ) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
-        ssm.secret_environ(environ)
+        secret_environ(environ)
     error = caught.value
     _assert_no_secret(f"{error} {error!r} {error.details} {error.__cause__!r}")
     return error
@@ -175,8 +182,8 @@ def _config_error(environ) -> ConfigError:
 
 def test_unset_returns_environ_unchanged_without_importing_the_sdk():
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys; from shared.ssm import secret_environ; "
-            "env = {'A': '1', 'CLOUDPAY_SSM_SECRET_NAME': ' '}; out = secret_environ(env); "
+    code = ("import sys; from shared.ssm import SecretCache; "
+            "env = {'A': '1', 'CLOUDPAY_SSM_SECRET_NAME': ' '}; out = SecretCache().environ(env); "
             "assert out == env and out is not env, out; "
             "assert not any(m.startswith('tencentcloud') for m in sys.modules), 'SDK imported'")
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
@@ -194,7 +201,7 @@ def test_secret_loaded_and_overlaid(fake_ssm):
     fake_ssm.secrets[("cloudpay/prod", "v1")] = json.dumps(SECRET_VALUES)
     environ = _environ(fake_ssm)
     before = dict(environ)
-    merged = ssm.secret_environ(environ)
+    merged = secret_environ(environ)
     assert environ == before  # the input is not modified
     for name, value in SECRET_VALUES.items():
         assert merged[name] == value  # the secret wins over the environment
@@ -205,7 +212,7 @@ def test_secret_loaded_and_overlaid(fake_ssm):
 
 def test_missing_keys_leave_the_environment_as_it_is(fake_ssm):
     fake_ssm.secrets[("cloudpay/prod", "v1")] = json.dumps({"WECHATPAY_APIV3_KEY": "k" * 32})
-    merged = ssm.secret_environ(_environ(fake_ssm))
+    merged = secret_environ(_environ(fake_ssm))
     assert merged["WECHATPAY_APIV3_KEY"] == "k" * 32
     assert merged["MONGODB_URI"] == "mongodb://127.0.0.1:1/env-value"  # from the environment
     assert "ORDER_TOKEN_SECRET" not in merged  # in neither: config will name it
@@ -218,7 +225,7 @@ def test_only_variable_names_are_taken_and_never_reserved_ones(fake_ssm):
         "ORDER_TOKEN_SECRET": SECRET_VALUES["ORDER_TOKEN_SECRET"],
         "ignored_even_if_not_a_string": 5,
     })
-    merged = ssm.secret_environ(_environ(fake_ssm))
+    merged = secret_environ(_environ(fake_ssm))
     added = set(merged) - set(_environ(fake_ssm))
     assert added == {"ORDER_TOKEN_SECRET"}
     assert merged["TENCENTCLOUD_SECRETID"] == SECRET_ID
@@ -243,11 +250,11 @@ def test_cached_within_ttl_and_fetched_again_after(fake_ssm):
 def test_default_cache_reuses_the_secret(fake_ssm):
     fake_ssm.secrets[("cloudpay/prod", "v1")] = json.dumps(SECRET_VALUES)
     for _ in range(5):
-        ssm.secret_environ(_environ(fake_ssm))
+        secret_environ(_environ(fake_ssm))
     assert len(fake_ssm.requests) == 1
     # Another version is another secret: fetched.
     fake_ssm.secrets[("cloudpay/prod", "v2")] = json.dumps(SECRET_VALUES)
-    ssm.secret_environ(_environ(fake_ssm, CLOUDPAY_SSM_VERSION_ID="v2"))
+    secret_environ(_environ(fake_ssm, CLOUDPAY_SSM_VERSION_ID="v2"))
     assert len(fake_ssm.requests) == 2
 
 
@@ -351,7 +358,7 @@ def _cold_burst(environ, threads=16):
     def call():
         barrier.wait()
         try:
-            results.append(ssm.secret_environ(environ))
+            results.append(secret_environ(environ))
         except ConfigError as error:
             results.append(error)
 

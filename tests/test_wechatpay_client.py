@@ -25,7 +25,7 @@ import requests
 from shared import log as log_module
 from shared.errors import WeChatPayBadResponse, WeChatPayError, WeChatPayRejected, WeChatPayUnreachable
 from shared.wechatpay import signing
-from shared.wechatpay.client import WeChatPayClient, get_client, reset_clients
+from shared.wechatpay.client import WeChatPayClient
 from tests.keys import (
     APIV3_KEY,
     APPID,
@@ -581,29 +581,6 @@ def test_unreachable_calls_are_logged(client, logs):
     line = json.loads(logs.getvalue().splitlines()[-1])
     assert line["outcome"] == "unreachable" and line["status"] is None
     assert line["path"].startswith("/v3/pay/transactions/out-trade-no/")
-
-
-def test_get_client_is_one_instance_per_config_and_thread_safe():
-    reset_clients()
-    try:
-        config, other = make_config(), make_config()
-        results = []
-        barrier = threading.Barrier(16)
-
-        def grab():
-            barrier.wait()
-            results.append(get_client(config))
-
-        threads = [threading.Thread(target=grab) for _ in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert len({id(c) for c in results}) == 1
-        assert get_client(config) is results[0]
-        assert get_client(other) is not results[0]
-    finally:
-        reset_clients()
 
 
 def test_concurrent_calls_share_one_client(fake, client):

@@ -5,7 +5,8 @@ Accepts the notification POST on any path.  204 when the outcome is stored;
 """
 
 from shared import runtime
-from shared.http_event import MethodNotAllowed, Request, serve
+from shared.errors import MethodNotAllowed
+from shared.http_event import Request, serve
 from shared.notifications import MAX_BODY, failure_body
 
 runtime.warm("callback")
@@ -14,7 +15,7 @@ runtime.warm("callback")
 def _notify(request: Request):
     if request.method != "POST":
         raise MethodNotAllowed("notifications are POSTed")
-    return runtime.notification_service().handle(request.headers.as_dict(), request.body)
+    return runtime.instance("callback").notifications.handle(request.headers.as_dict(), request.body)
 
 
 def main_handler(event, context):

@@ -11,12 +11,12 @@ runtime.warm("prepare")
 
 
 def _create(request: Request):
-    return 200, runtime.checkout_service().create_order(request.json())
+    return 200, runtime.instance("prepare").checkout.create_order(request.json())
 
 
 def _status(request: Request):
-    service = runtime.checkout_service()
-    return 200, service.order_status(request.params["outTradeNo"], request.headers.get("x-order-token"))
+    checkout = runtime.instance("prepare").checkout
+    return 200, checkout.order_status(request.params["outTradeNo"], request.headers.get("x-order-token"))
 
 
 _router = Router()

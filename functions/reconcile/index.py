@@ -5,21 +5,10 @@ Invocation {"action": "refund" | "reconcile" | "sweep", ...}: see shared/admin.p
 """
 
 from shared import runtime
-from shared.admin import error_result, run_action
-from shared.errors import CloudPayError
-from shared.log import log
+from shared.admin import handle_event
 
 runtime.warm("reconcile")
 
 
 def main_handler(event, context):
-    if not isinstance(event, dict):
-        return error_result(CloudPayError("the event must be a JSON object", code="BAD_EVENT"))
-    try:
-        reconciler = runtime.reconciler()
-        if event.get("Type") == "Timer":
-            return {"ok": True, "sweep": reconciler.sweep(context)}
-        return run_action(reconciler, event, context)
-    except CloudPayError as error:
-        log("reconcile.failed", level="error", code=error.code, error=error.message)
-        return error_result(error)
+    return handle_event(runtime.instance("reconcile"), event, context)

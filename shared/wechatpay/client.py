@@ -1,6 +1,6 @@
 """WeChat Pay APIv3 client: prepay, query, close, refund, trade bill, requestPayment params.
 
-One `WeChatPayClient` per warm instance (`get_client(config)`), holding one pooled
+One `WeChatPayClient` per warm instance (built by `shared.runtime`), holding one pooled
 `requests.Session`.  Every request is signed (`Authorization: WECHATPAY2-SHA256-RSA2048
 ...`, merchant key) and every 2xx response must carry a valid WeChat Pay signature over
 its raw body (public-key mode: `Wechatpay-Serial` must be our `PUB_KEY_ID_...`), else
@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -449,30 +448,3 @@ class WeChatPayClient:
             "signType": "RSA",
             "paySign": signing.pay_sign(self._private_key, self.appid, timestamp, nonce_str, package),
         }
-
-
-# --- one client per process ---------------------------------------------------------
-
-_clients: dict[int, tuple[Any, WeChatPayClient]] = {}
-_clients_lock = threading.Lock()
-
-
-def get_client(config) -> WeChatPayClient:
-    """The process's client for `config` (built on first use; keyed on the object)."""
-    entry = _clients.get(id(config))
-    if entry is None or entry[0] is not config:
-        with _clients_lock:
-            entry = _clients.get(id(config))
-            if entry is None or entry[0] is not config:
-                # Keep the config referenced so its id() cannot be reused by another.
-                entry = (config, WeChatPayClient.from_config(config))
-                _clients[id(config)] = entry
-    return entry[1]
-
-
-def reset_clients() -> None:
-    """Close and forget every client (tests, or after a key rotation)."""
-    with _clients_lock:
-        for _, client in _clients.values():
-            client.close()
-        _clients.clear()

@@ -22,7 +22,6 @@ signature itself.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from shared.errors import (
     TimestampOutOfRange,
     UnknownSerial,
 )
+from shared.strict_json import JsonRejected, loads_object
 from shared.wechatpay import signing
 
 DEFAULT_TOLERANCE = 300
@@ -171,9 +171,6 @@ def _as_bytes(body) -> bytes:
 
 def _json_object(raw: bytes, what: str) -> dict:
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedNotification(f"{what} is not JSON") from None
-    if not isinstance(value, dict):
-        raise MalformedNotification(f"{what} is not a JSON object")
-    return value
+        return loads_object(raw, what)
+    except JsonRejected as rejected:
+        raise MalformedNotification(str(rejected)) from None

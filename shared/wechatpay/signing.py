@@ -1,7 +1,8 @@
 """WeChat Pay APIv3 cryptographic primitives (shared by the client and the simulator).
 
-Pure functions over `cryptography` keys; no I/O, no clock.  Sources:
-pay.weixin.qq.com signature rules, `../shared/reference/wechatpay.md` sections 1-2.
+Pure functions over `cryptography` keys; no I/O, no clock.  Source: WeChat Pay's
+signature rules, https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-verification.html
+and https://pay.weixin.qq.com/wiki/doc/apiv3/apis/chapter3_2_5.shtml (AES-256-GCM resources).
 """
 
 from __future__ import annotations

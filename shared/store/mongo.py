@@ -1,0 +1,181 @@
+"""The MongoDB adapter of the order store: the only module that speaks MongoDB.
+
+- One `MongoClient` per store, built lazily (no connection at import or construction),
+  with SCF-sized defaults: a tiny pool, short timeouts, `serverMonitoringMode=poll`.
+- Each collection's indexes are created the first time this instance touches the
+  collection: one `createIndexes` round trip per collection, idempotent, so two cold
+  instances starting at once on a replica set both succeed (identical specs), and no
+  write of an instance happens before its unique indexes exist.  `ensure_indexes()`
+  creates all of them at once (`python -m shared.admin setup`).
+- Every driver error is translated once, for the whole class (`_translated`):
+  duplicate keys become `StoreConflict`, everything else `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pymongo
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+from shared.errors import StoreConflict, StoreUnavailable
+from shared.store.port import INDEXES, OrderStore, Sort, Where, now_ms
+
+# Defaults for SCF: an instance serves one request at a time, so a tiny pool suffices;
+# timeouts stay well inside the function timeout.  Options given in the URI win.
+CLIENT_DEFAULTS = {
+    "maxPoolSize": 4,
+    "minPoolSize": 0,
+    "serverSelectionTimeoutMS": 3000,
+    "connectTimeoutMS": 3000,
+    "socketTimeoutMS": 5000,
+    # SCF freezes idle instances; pymongo's FaaS detection does not know SCF.
+    "serverMonitoringMode": "poll",
+    "appname": "cloudpay-scf",
+}
+
+
+def _uri_has_option(uri: str, option: str) -> bool:
+    _, _, query = uri.partition("?")
+    return any(part.split("=", 1)[0].lower() == option.lower() for part in query.split("&"))
+
+
+def client_options(uri: str) -> dict[str, Any]:
+    """CLIENT_DEFAULTS minus whatever the URI sets itself."""
+    return {k: v for k, v in CLIENT_DEFAULTS.items() if not _uri_has_option(uri, k)}
+
+
+def _translate(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DuplicateKeyError as exc:
+            raise StoreConflict("a record with this key already exists",
+                                details={"keyValue": (exc.details or {}).get("keyValue")}) from exc
+        except OperationFailure as exc:
+            # A server-side refusal (bad query, auth) is not an outage, but the client
+            # can do nothing about it either: report it as unavailable, with the code.
+            raise StoreUnavailable("the order store refused the operation",
+                                   details={"mongoCode": exc.code}) from exc
+        except PyMongoError as exc:
+            raise StoreUnavailable("the order store is unavailable, try again shortly",
+                                   details={"error": type(exc).__name__}) from exc
+
+    return wrapper
+
+
+def _translated(cls):
+    """Wrap every method the adapter defines, so no driver error escapes any of them."""
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("__"):
+            setattr(cls, name, _translate(member))
+    return cls
+
+
+def _query(where: Where) -> dict:
+    query: dict[str, dict] = {}
+    for name, value in where.equals.items():
+        query.setdefault(name, {})["$eq"] = value
+    for name, values in where.one_of.items():
+        query.setdefault(name, {})["$in"] = list(values)
+    for name, value in where.below.items():
+        query.setdefault(name, {})["$lt"] = value
+    for name, value in where.at_least.items():
+        query.setdefault(name, {})["$gte"] = value
+    for name in where.absent:
+        query.setdefault(name, {})["$exists"] = False
+    return query
+
+
+def _sort(sort: Sort) -> list[tuple[str, int]]:
+    return [(name, pymongo.ASCENDING if direction > 0 else pymongo.DESCENDING) for name, direction in sort]
+
+
+_NO_ID = {"_id": 0}
+
+
+@_translated
+class MongoOrderStore(OrderStore):
+    def __init__(self, uri: str, db_name: str, *, clock=now_ms, client: pymongo.MongoClient | None = None):
+        super().__init__(clock=clock)
+        self.uri = uri
+        self.db_name = db_name
+        self._client = client
+        self._owns_client = client is None
+        self._lock = threading.Lock()
+        self._indexed: set[str] = set()
+
+    def __repr__(self) -> str:  # the URI may hold a password
+        return f"MongoOrderStore(db={self.db_name!r})"
+
+    def _db(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = pymongo.MongoClient(self.uri, **client_options(self.uri))
+        return self._client[self.db_name]
+
+    def _collection(self, name: str):
+        collection = self._db()[name]
+        if name not in self._indexed:
+            self._create_indexes(name)
+        return collection
+
+    def _create_indexes(self, name: str) -> None:
+        models = [pymongo.IndexModel(list(index.fields), name=index.name, unique=index.unique)
+                  for index in INDEXES.get(name, ())]
+        if models:
+            self._db()[name].create_indexes(models)  # one round trip for the collection
+        self._indexed.add(name)
+
+    def ensure_indexes(self) -> None:
+        for name in INDEXES:
+            self._create_indexes(name)
+
+    def ping(self) -> None:
+        self._db().command("ping")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None and self._owns_client:
+                self._client.close()
+            self._client = None
+            self._indexed.clear()
+
+    # --- primitives -------------------------------------------------------------------
+
+    def _insert(self, collection: str, doc: dict) -> None:
+        self._collection(collection).insert_one(dict(doc))  # a copy: insert_one adds _id
+
+    def _find_one(self, collection: str, where: Where) -> dict | None:
+        return self._collection(collection).find_one(_query(where), _NO_ID)
+
+    def _find(self, collection: str, where: Where, *, sort: Sort = (), limit: int | None = None) -> list[dict]:
+        cursor = self._collection(collection).find(_query(where), _NO_ID)
+        if sort:
+            cursor = cursor.sort(_sort(sort))
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        return list(cursor)  # read here, so a failure mid-cursor is translated too
+
+    def _update_one(self, collection: str, where: Where, *, set: Mapping[str, Any] | None = None,  # noqa: A002
+                    inc: Mapping[str, int] | None = None, returning: str = "after") -> dict | None:
+        update: dict[str, dict] = {}
+        if set:
+            update["$set"] = dict(set)
+        if inc:
+            update["$inc"] = dict(inc)
+        return self._collection(collection).find_one_and_update(
+            _query(where), update, projection=_NO_ID,
+            return_document=ReturnDocument.BEFORE if returning == "before" else ReturnDocument.AFTER)
+
+    def _upsert(self, collection: str, where: Where, doc: dict) -> None:
+        self._collection(collection).replace_one(dict(where.equals), dict(doc), upsert=True)
+
+    def _count(self, collection: str, where: Where) -> int:
+        return self._collection(collection).count_documents(_query(where))

@@ -1,0 +1,472 @@
+"""The order store as a port: business operations on top of a few storage primitives.
+
+`OrderStore` holds every rule of the store once (the template-method split of
+powertools' idempotency persistence layer):
+- money is integer fen, times are integer epoch milliseconds, states are strings;
+- documents are flat and facts go to their own collections (no pushed arrays);
+- every state change is one compare-and-set on `payStatus`, never a read-then-write;
+- once-only facts (`order.paid`, `order.closed`, `refund.succeeded`, ...) carry a
+  unique `key`, so however often a fact is reported it is written once;
+- failures are `StoreUnavailable` (503) and duplicate keys `StoreConflict` (409).
+
+An adapter implements only the primitives at the bottom of the class (insert, find,
+conditional update, count, upsert, indexes) over conditions written as `Where`, which
+says "equals / one of / below / at least / absent" in storage-neutral terms.  The two
+adapters are `shared.store.mongo.MongoOrderStore` (the only module that speaks
+MongoDB) and `shared.store.memory.InMemoryOrderStore` (atomic, for fast unit tests);
+`tests/store/` runs one conformance suite against both.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from shared import order_states
+from shared.errors import IllegalTransition, StoreConflict, StoreNotFound
+
+# The five contract collections.
+PRODUCTS, ORDERS, EVENTS, ANOMALIES, REFUNDS = "products", "orders", "events", "anomalies", "refunds"
+# One record per reconciled bill day (kept apart from the shop's facts in `events`).
+BILL_RUNS = "bill_runs"
+
+# A refund's state on its order (`refundStates.<outRefundNo>`).
+REFUND_RESERVED = "RESERVED"
+REFUND_SUCCEEDED = "SUCCEEDED"
+REFUND_RELEASED = "RELEASED"
+
+ANOMALY_OPEN = "OPEN"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index, described once for every adapter (unique ones are enforced by both)."""
+
+    fields: tuple[tuple[str, int], ...]
+    name: str
+    unique: bool = False
+
+
+def _index(name: str, *fields: tuple[str, int], unique: bool = False) -> Index:
+    return Index(tuple(fields), name, unique)
+
+
+INDEXES: Mapping[str, tuple[Index, ...]] = MappingProxyType({
+    PRODUCTS: (_index("sku_unique", ("sku", 1), unique=True),),
+    ORDERS: (
+        _index("outTradeNo_unique", ("outTradeNo", 1), unique=True),
+        # Every order carries one (random when the client sent no idempotencyKey), so
+        # the unique index needs no partial filter.
+        _index("idemKey_unique", ("idemKey", 1), unique=True),
+        _index("status_expire", ("payStatus", 1), ("expireTime", 1)),
+        _index("status_create", ("payStatus", 1), ("createTime", 1)),
+        _index("openid_create", ("openid", 1), ("createTime", -1)),
+        _index("paidAt", ("paidAt", 1)),
+    ),
+    EVENTS: (
+        _index("key_unique", ("key", 1), unique=True),
+        _index("outTradeNo", ("outTradeNo", 1)),
+        _index("type_create", ("type", 1), ("createTime", 1)),
+    ),
+    ANOMALIES: (
+        _index("key_unique", ("key", 1), unique=True),
+        _index("outTradeNo", ("outTradeNo", 1)),
+        _index("createTime", ("createTime", 1)),
+    ),
+    REFUNDS: (
+        _index("outRefundNo_unique", ("outRefundNo", 1), unique=True),
+        _index("outTradeNo", ("outTradeNo", 1)),
+        _index("status_update", ("status", 1), ("updateTime", 1)),
+    ),
+    BILL_RUNS: (_index("billDate_unique", ("billDate", 1), unique=True),),
+})
+
+
+def _frozen(mapping: Mapping | None) -> Mapping:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Where:
+    """A condition on one collection's documents, in storage-neutral terms.
+
+    All parts must hold.  Field names may be dotted paths (`refundStates.R1`).
+    - `equals`:   field == value (a missing field equals None);
+    - `one_of`:   field is one of the values;
+    - `below`:    field < value (a missing or null field never matches);
+    - `at_least`: field >= value (likewise);
+    - `absent`:   the field does not exist.
+    """
+
+    equals: Mapping[str, Any] = field(default_factory=dict)
+    one_of: Mapping[str, tuple] = field(default_factory=dict)
+    below: Mapping[str, int] = field(default_factory=dict)
+    at_least: Mapping[str, int] = field(default_factory=dict)
+    absent: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "equals", _frozen(self.equals))
+        object.__setattr__(self, "one_of", _frozen({k: tuple(v) for k, v in self.one_of.items()}))
+        object.__setattr__(self, "below", _frozen(self.below))
+        object.__setattr__(self, "at_least", _frozen(self.at_least))
+        object.__setattr__(self, "absent", tuple(self.absent))
+
+
+def by(**equals) -> Where:
+    """`by(outTradeNo="T1")`: the documents whose fields equal these values."""
+    return Where(equals=equals)
+
+
+Sort = tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    """`applied` is True for the one caller that changed the state; False means it had
+    already been done (by an earlier notification, query or sweep)."""
+
+    applied: bool
+    order: dict
+    event: str | None
+
+    @property
+    def already_done(self) -> bool:
+        return not self.applied
+
+
+def refund_state_field(out_refund_no: str) -> str:
+    """Where a refund's state lives on its order."""
+    if not isinstance(out_refund_no, str) or not out_refund_no or "." in out_refund_no \
+            or out_refund_no.startswith("$"):
+        raise ValueError("invalid outRefundNo")
+    return f"refundStates.{out_refund_no}"
+
+
+def require_fen(value, name: str, *, allow_zero: bool = False) -> int:
+    """Money is a plain int in fen; bool and float are refused outright."""
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int number of fen, not {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be positive")
+    return value
+
+
+class OrderStore(ABC):
+    """The order store.  Thread-safe: every operation is one atomic primitive (or a
+    sequence of them that is safe to repeat), and the adapters are thread-safe."""
+
+    def __init__(self, *, clock=now_ms):
+        self.clock = clock
+
+    # --- products -----------------------------------------------------------------
+
+    def upsert_product(self, sku: str, name: str, price: int, active: bool = True) -> None:
+        require_fen(price, "price")
+        self._upsert(PRODUCTS, by(sku=sku),
+                     {"sku": sku, "name": name, "price": price, "active": bool(active)})
+
+    def get_products(self, skus: Iterable[str]) -> dict[str, dict]:
+        docs = self._find(PRODUCTS, Where(one_of={"sku": tuple(sorted(set(skus)))}))
+        return {doc["sku"]: doc for doc in docs}
+
+    def list_products(self) -> list[dict]:
+        return self._find(PRODUCTS, Where(), sort=(("sku", 1),))
+
+    # --- orders -------------------------------------------------------------------
+
+    def insert_order(self, order: dict) -> dict:
+        """Insert a new order; `StoreConflict` if its outTradeNo (or idemKey) exists."""
+        doc = dict(order)
+        require_fen(doc.get("totalFee"), "totalFee")
+        now = self.clock()
+        doc.setdefault("payStatus", order_states.NOTPAY)
+        doc.setdefault("createTime", now)
+        doc.setdefault("updateTime", now)
+        # Initialised at insert: counters are never created by an increment later.
+        doc.setdefault("refundedFee", 0)    # refunds that succeeded
+        doc.setdefault("refundingFee", 0)   # reserved by refunds in flight
+        doc.setdefault("refundableFee", 0)  # set to totalFee when paid; reservations take from it
+        doc.setdefault("refundStates", {})  # outRefundNo -> state of that refund on this order
+        doc.setdefault("transactionId", None)
+        doc.setdefault("prepayId", None)
+        doc.setdefault("paidAt", None)
+        doc.setdefault("idemKey", "once:" + secrets.token_hex(16))
+        self._insert(ORDERS, doc)
+        return doc
+
+    def find_order(self, out_trade_no: str) -> dict | None:
+        return self._find_one(ORDERS, by(outTradeNo=out_trade_no))
+
+    def get_order(self, out_trade_no: str) -> dict:
+        order = self.find_order(out_trade_no)
+        if order is None:
+            raise StoreNotFound("no such order", details={"outTradeNo": out_trade_no})
+        return order
+
+    def find_order_by_idem_key(self, idem_key: str) -> dict | None:
+        return self._find_one(ORDERS, by(idemKey=idem_key))
+
+    def update_order_fields(self, out_trade_no: str, fields: dict, *,
+                            where: Mapping[str, Any] | None = None) -> dict | None:
+        """Set non-state fields, only while the fields in `where` still have those values
+        (compare-and-set).  The updated order, or None when the condition no longer held."""
+        if "payStatus" in fields:
+            raise ValueError("payStatus changes go through transition()")
+        return self._update_one(ORDERS, by(outTradeNo=out_trade_no, **(where or {})),
+                                set={**fields, "updateTime": self.clock()})
+
+    def transition(self, out_trade_no: str, target: str, *, fields: dict | None = None,
+                   where: Mapping[str, Any] | None = None,
+                   same: Mapping[str, Any] | None = None) -> TransitionResult:
+        """Move an order to `target` if the state machine allows it from its current state.
+
+        - One compare-and-set: the condition is `payStatus in sources_of(target)` plus
+          the values in `where`; exactly one of many racing callers gets `applied=True`.
+        - If the order is already in `target` or past it (REFUND is past SUCCESS), and
+          agrees with `same` (e.g. the same transactionId), the result is
+          `applied=False`: already done, not an error.
+        - Otherwise `IllegalTransition` (e.g. SUCCESS -> NOTPAY, CLOSED -> SUCCESS), or
+          `StoreNotFound` for an unknown order.
+        The transition's event is appended with a unique key on both paths, so a crash
+        between the two writes is repaired by the next retry of the same fact.
+        """
+        sources = order_states.sources_of(target)
+        if not sources:
+            raise IllegalTransition(f"no transition leads to {target}", details={"target": target})
+        now = self.clock()
+        changes = {**(fields or {}), "payStatus": target, "updateTime": now}
+        condition = Where(equals={"outTradeNo": out_trade_no, **(where or {})}, one_of={"payStatus": sources})
+        before = self._update_one(ORDERS, condition, set=changes, returning="before")
+        event = order_states.ENTRY_EVENTS.get(target)
+        if before is not None:
+            after = {**before, **changes}
+            if event:
+                self._append_fact(event, after, now)
+            return TransitionResult(applied=True, order=after, event=event)
+
+        current = self.find_order(out_trade_no)
+        if current is None:
+            raise StoreNotFound("no such order", details={"outTradeNo": out_trade_no})
+        state = current["payStatus"]
+        agrees = all(current.get(k) == v for k, v in (same or {}).items())
+        if order_states.has_reached(state, target) and agrees:
+            if event:
+                self._append_fact(event, current, now)
+            return TransitionResult(applied=False, order=current, event=event)
+        raise IllegalTransition(
+            f"order is {state}; {state} -> {target} is not allowed here",
+            details={"outTradeNo": out_trade_no, "from": state, "to": target})
+
+    def _append_fact(self, event_type: str, order: dict, now: int) -> bool:
+        """The once-only fact of an order entering a state (False if it existed)."""
+        return self._insert_once(EVENTS, {
+            "key": f"{event_type}:{order['outTradeNo']}", "type": event_type,
+            "outTradeNo": order["outTradeNo"], "createTime": now,
+            "totalFee": order.get("totalFee"), "transactionId": order.get("transactionId"),
+            "openid": order.get("openid"),
+        })
+
+    # What the sweep looks for.
+
+    def expired_unpaid(self, now: int, limit: int) -> list[dict]:
+        """NOTPAY orders past their expireTime, oldest expiry first."""
+        return self._find(ORDERS, Where(equals={"payStatus": order_states.NOTPAY}, below={"expireTime": now}),
+                          sort=(("expireTime", 1),), limit=limit)
+
+    def failed_prepays(self, limit: int) -> list[dict]:
+        """PAYERROR orders that may exist at WeChat Pay and must be closed there."""
+        return self._find(ORDERS, by(payStatus=order_states.PAYERROR, closeAtWeChat=True),
+                          sort=(("createTime", 1),), limit=limit)
+
+    def unpaid_older_than(self, created_before: int, now: int, limit: int) -> list[dict]:
+        """NOTPAY orders created before `created_before` and not yet expired (lost callbacks)."""
+        return self._find(ORDERS, Where(equals={"payStatus": order_states.NOTPAY},
+                                        below={"createTime": created_before}, at_least={"expireTime": now}),
+                          sort=(("createTime", 1),), limit=limit)
+
+    def paid_between(self, start: int, end: int) -> list[dict]:
+        """Paid orders (SUCCESS or REFUND) whose paidAt is in [start, end)."""
+        return self._find(ORDERS, Where(one_of={"payStatus": (order_states.SUCCESS, order_states.REFUND)},
+                                        at_least={"paidAt": start}, below={"paidAt": end}),
+                          sort=(("paidAt", 1),))
+
+    def list_orders(self, *, status: str | None = None, limit: int = 100) -> list[dict]:
+        """The newest orders first, optionally in one state."""
+        return self._find(ORDERS, by(payStatus=status) if status else Where(),
+                          sort=(("createTime", -1),), limit=limit)
+
+    def count_orders(self, *, status: str | None = None) -> int:
+        return self._count(ORDERS, by(payStatus=status) if status else Where())
+
+    # --- refunds on the order: each step one compare-and-set on the order document ------
+
+    def reserve_refund(self, out_trade_no: str, out_refund_no: str, amount: int) -> dict | None:
+        """Take `amount` from what is still refundable, once per refund number.
+
+        None when the order is not paid, not refundable by that much, or the refund
+        number is already on it.  Concurrent reservations can never exceed the total.
+        """
+        return self._take_refundable(out_trade_no, out_refund_no, amount, "refundingFee", REFUND_RESERVED)
+
+    def settle_refund(self, out_trade_no: str, out_refund_no: str, amount: int, outcome: str) -> dict | None:
+        """Move a reserved refund to SUCCEEDED (counted as refunded) or RELEASED (given back).
+
+        None when the refund is not reserved on the order (already settled: a retry).
+        """
+        state_field = refund_state_field(out_refund_no)
+        if outcome == REFUND_SUCCEEDED:
+            inc = {"refundingFee": -amount, "refundedFee": amount}
+        elif outcome == REFUND_RELEASED:
+            inc = {"refundingFee": -amount, "refundableFee": amount}
+        else:
+            raise ValueError(f"unknown refund outcome {outcome!r}")
+        return self._update_one(ORDERS, by(outTradeNo=out_trade_no, **{state_field: REFUND_RESERVED}),
+                                set={state_field: outcome, "updateTime": self.clock()}, inc=inc)
+
+    def apply_unreserved_refund(self, out_trade_no: str, out_refund_no: str, amount: int) -> dict | None:
+        """A refund we never requested (merchant console) that WeChat reports as done."""
+        return self._take_refundable(out_trade_no, out_refund_no, amount, "refundedFee", REFUND_SUCCEEDED)
+
+    def _take_refundable(self, out_trade_no: str, out_refund_no: str, amount: int, into: str,
+                         state: str) -> dict | None:
+        """Move `amount` from refundableFee to `into`, marking the refund `state`: one
+        compare-and-set, so it happens once per refund number and never past the total."""
+        require_fen(amount, "amount")
+        state_field = refund_state_field(out_refund_no)
+        condition = Where(equals={"outTradeNo": out_trade_no},
+                          one_of={"payStatus": (order_states.SUCCESS, order_states.REFUND)},
+                          at_least={"refundableFee": amount}, absent=(state_field,))
+        return self._update_one(ORDERS, condition, set={state_field: state, "updateTime": self.clock()},
+                                inc={"refundableFee": -amount, into: amount})
+
+    # --- the refunds collection (a projection of the order's refundStates) -------------
+
+    def insert_refund(self, record: dict) -> None:
+        """StoreConflict when the outRefundNo exists."""
+        self._insert(REFUNDS, dict(record))
+
+    def insert_refund_if_absent(self, record: dict) -> bool:
+        """True when this call wrote it."""
+        return self._insert_once(REFUNDS, dict(record))
+
+    def find_refund(self, out_refund_no: str) -> dict | None:
+        return self._find_one(REFUNDS, by(outRefundNo=out_refund_no))
+
+    def update_refund(self, out_refund_no: str, fields: dict) -> dict | None:
+        return self._update_one(REFUNDS, by(outRefundNo=out_refund_no),
+                                set={**fields, "updateTime": self.clock()})
+
+    def pending_refunds(self, updated_before: int, limit: int, statuses: tuple[str, ...]) -> list[dict]:
+        """Refunds in one of `statuses` not updated since `updated_before`, oldest first."""
+        return self._find(REFUNDS, Where(one_of={"status": statuses}, below={"updateTime": updated_before}),
+                          sort=(("updateTime", 1),), limit=limit)
+
+    def refunds_of(self, out_trade_no: str) -> list[dict]:
+        return self._find(REFUNDS, by(outTradeNo=out_trade_no), sort=(("createTime", 1),))
+
+    # --- events and anomalies -----------------------------------------------------
+
+    def append_event(self, event_type: str, out_trade_no: str, *, key: str | None = None, **data) -> bool:
+        """Append a fact to the outbox.  With `key`, at most once (False if it existed)."""
+        doc = {"key": key or f"{event_type}:{out_trade_no}:{secrets.token_hex(8)}",
+               "type": event_type, "outTradeNo": out_trade_no, "createTime": self.clock(), **data}
+        if key is None:
+            self._insert(EVENTS, doc)
+            return True
+        return self._insert_once(EVENTS, doc)
+
+    def count_events(self, event_type: str, out_trade_no: str | None = None) -> int:
+        equals: dict[str, Any] = {"type": event_type}
+        if out_trade_no is not None:
+            equals["outTradeNo"] = out_trade_no
+        return self._count(EVENTS, Where(equals=equals))
+
+    def events_of(self, out_trade_no: str) -> list[dict]:
+        """An order's facts in the order they happened."""
+        return self._find(EVENTS, by(outTradeNo=out_trade_no), sort=(("createTime", 1), ("key", 1)))
+
+    def record_anomaly(self, kind: str, out_trade_no: str | None, evidence: dict, *,
+                       key: str | None = None) -> bool:
+        """Record something a human must look at.  With `key`, once (retries do not pile up)."""
+        doc = {"key": key or f"{kind}:{out_trade_no}:{secrets.token_hex(8)}",
+               "kind": kind, "outTradeNo": out_trade_no, "evidence": evidence,
+               "status": ANOMALY_OPEN, "createTime": self.clock()}
+        if key is None:
+            self._insert(ANOMALIES, doc)
+            return True
+        return self._insert_once(ANOMALIES, doc)
+
+    def list_anomalies(self, out_trade_no: str | None = None, kind: str | None = None, *,
+                       status: str | None = None, limit: int | None = None) -> list[dict]:
+        equals = {name: value for name, value in
+                  (("outTradeNo", out_trade_no), ("kind", kind), ("status", status)) if value is not None}
+        return self._find(ANOMALIES, Where(equals=equals), sort=(("createTime", 1),), limit=limit)
+
+    # --- the daily bill --------------------------------------------------------------
+
+    def find_bill_run(self, bill_date: str) -> dict | None:
+        return self._find_one(BILL_RUNS, by(billDate=bill_date))
+
+    def record_bill_run(self, bill_date: str, result: dict) -> None:
+        """The outcome of reconciling `bill_date` (a forced re-run replaces it)."""
+        self._upsert(BILL_RUNS, by(billDate=bill_date),
+                     {"billDate": bill_date, **result, "createTime": self.clock()})
+
+    # --- health --------------------------------------------------------------------
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    def ensure_indexes(self) -> None:  # noqa: B027 - optional: an adapter without indexes has nothing to do
+        """Create every index now (deployment set-up; adapters create them lazily anyway)."""
+
+    def close(self) -> None:  # noqa: B027 - optional: an adapter without connections has nothing to do
+        """Release connections (a rotated configuration builds a new store)."""
+
+    # --- the primitives an adapter implements ------------------------------------------
+    # Documents go in and come out as plain dicts (no adapter ids); they are copies.
+
+    @abstractmethod
+    def _insert(self, collection: str, doc: dict) -> None:
+        """Insert; StoreConflict when a unique index already has the document's key."""
+
+    def _insert_once(self, collection: str, doc: dict) -> bool:
+        """Insert unless its unique key exists: True when this call wrote it."""
+        try:
+            self._insert(collection, doc)
+        except StoreConflict:
+            return False
+        return True
+
+    @abstractmethod
+    def _find_one(self, collection: str, where: Where) -> dict | None:
+        """One matching document (the first by insertion), or None."""
+
+    @abstractmethod
+    def _find(self, collection: str, where: Where, *, sort: Sort = (), limit: int | None = None) -> list[dict]:
+        """The matching documents, sorted (1 ascending, -1 descending), at most `limit`."""
+
+    @abstractmethod
+    def _update_one(self, collection: str, where: Where, *, set: Mapping[str, Any] | None = None,  # noqa: A002
+                    inc: Mapping[str, int] | None = None, returning: str = "after") -> dict | None:
+        """Atomically update one matching document: `set` values, `inc` counters.
+        The document as it was `before` or is `after` the update, or None when nothing
+        matched (the compare-and-set lost)."""
+
+    @abstractmethod
+    def _upsert(self, collection: str, where: Where, doc: dict) -> None:
+        """Replace the document matching `where` (by equality) with `doc`, or insert it."""
+
+    @abstractmethod
+    def _count(self, collection: str, where: Where) -> int:
+        """How many documents match."""
