@@ -31,8 +31,10 @@ from shared import order_states
 from shared.errors import (
     BadRequest,
     CatalogInvalid,
+    CloudPayError,
     Conflict,
     Forbidden,
+    IllegalTransition,
     StoreConflict,
     Unauthorized,
     WeChatPayError,
@@ -264,12 +266,17 @@ class CheckoutService:
     def _mark_failed(self, out_trade_no: str, error: WeChatPayError) -> None:
         # PAYERROR: no client ever gets a prepay_id for this order.  The reconcile
         # sweep closes it at WeChat Pay in case the request landed there after all.
+        # Only while no prepay id is stored: a concurrent retry with the same key may
+        # have got one (WeChat accepted the same order), and that order stays payable.
         try:
             self.store.transition(out_trade_no, order_states.PAYERROR,
-                                  fields={"failure": error.code, "closeAtWeChat": True})
-        except Exception as exc:  # the WeChat error is the one the client must see
-            log("checkout.mark_failed_failed", level="error", outTradeNo=out_trade_no,
-                error=type(exc).__name__)
+                                  fields={"failure": error.code, "closeAtWeChat": True},
+                                  where={"prepayId": None})
+        except IllegalTransition:
+            log("checkout.prepay_failed_but_payable", level="warning", outTradeNo=out_trade_no, code=error.code)
+            return
+        except CloudPayError as exc:  # the WeChat error is the one the client must see
+            log("checkout.mark_failed_failed", level="error", outTradeNo=out_trade_no, code=exc.code)
         log("checkout.prepay_failed", level="warning", outTradeNo=out_trade_no, code=error.code)
 
     def _answer(self, order: dict, payment: dict | None) -> dict:

@@ -7,6 +7,7 @@ callback function behind the local gateway for refund notifications.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -318,3 +319,43 @@ def test_the_command_line_runs_the_same_operations(live_stack, reconcile, paid_o
     assert live_stack.store.get_order(paid_order)["refundingFee"] == 100
     code, result = admin("reconcile", "not-a-date")
     assert code == 1 and result["error"]["code"] == "INVALID_BILL_DATE"
+
+
+def test_a_sweep_during_a_store_outage_reports_it_and_the_next_one_recovers(live_stack, function_env,
+                                                                          private_mongo, db_name):
+    """The store dies while the instance is warm: the sweep answers ok with the outage in
+    its counts (no driver exception escapes), and the sweep after the restart does the work."""
+    from shared.store.mongo import MongoOrderStore
+
+    uri = f"{private_mongo.uri}/?serverSelectionTimeoutMS=500&connectTimeoutMS=500"
+    function_env(MONGODB_URI=uri)
+    store = MongoOrderStore(uri, db_name)
+    store.upsert_product("A1", "Oolong tea", 1990)
+    number = live_stack.create_order()["outTradeNo"]
+    live_stack.simulator.pay(number, notify="drop")
+    _age(store, number, created_ms_ago=600_000)
+    reconcile = load_function("reconcile")
+    warm = reconcile({"action": "sweep"}, CONTEXT)  # the instance is warm, its client connected
+    assert warm["ok"] and warm["sweep"]["recover_lost"] == {"paid": 1}, warm
+    second = live_stack.create_order(code="test-late")["outTradeNo"]
+    live_stack.simulator.pay(second, notify="drop")
+    _age(store, second, created_ms_ago=600_000)
+
+    private_mongo.stop()
+    during = reconcile(TIMER, CONTEXT)
+    assert during["ok"] is True, during
+    steps = during["sweep"]
+    assert {name: counts for name, counts in steps.items() if name != "bill"} == {
+        name: {"error:STORE_UNAVAILABLE": 1} for name in ("close_expired", "close_failed", "recover_lost", "refunds")}
+
+    private_mongo.start()
+    deadline = time.monotonic() + 15
+    while True:  # bounded: the driver reconnects on its own
+        after = reconcile(TIMER, CONTEXT)
+        if after["sweep"]["recover_lost"] != {"error:STORE_UNAVAILABLE": 1}:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.2)
+    assert after["sweep"]["recover_lost"] == {"paid": 1}, after
+    assert store.get_order(second)["payStatus"] == st.SUCCESS
+    assert store.count_events("order.paid", second) == 1
