@@ -10,6 +10,7 @@ an anomaly for a human.  It never marks an order paid on a mismatch.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,16 +32,23 @@ class Settlement:
     order: dict | None = None
 
 
+# RFC 3339 date-time with a zone (section 5.6): any number of fraction digits, "Z" or an
+# offset, "T"/"Z" in either case.  Parsed here, not by fromisoformat alone: Python 3.10's
+# (SCF's runtime) takes neither "Z" nor fractions other than 3 or 6 digits.
+_RFC3339_RE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
+                         r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
 def rfc3339_to_ms(value: str | None) -> int | None:
-    """'2024-05-01T12:00:00+08:00' -> epoch ms (None when absent or unreadable)."""
-    if not value or not isinstance(value, str):
+    """'2024-05-01T12:00:00+08:00' -> epoch ms, truncated (None when absent or unreadable)."""
+    match = _RFC3339_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
         return None
+    day, clock, fraction, zone = match.groups()
+    zone = "+00:00" if zone in ("Z", "z") else zone
     try:
-        # Python 3.10's fromisoformat does not take a trailing "Z".
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
+        parsed = datetime.fromisoformat(f"{day}T{clock}.{(fraction or '').ljust(6, '0')[:6]}{zone}")
+    except ValueError:  # e.g. month 13
         return None
     return int(parsed.timestamp()) * 1000 + parsed.microsecond // 1000
 
