@@ -5,20 +5,28 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SRC    := shared functions devtools tests bench
 
-.PHONY: help venv browser check lint compat test test310 run demo bench package deploy clean
+.PHONY: help venv browser check lint compat test test310 run demo bench package deploy clean lock
 
 help:
 	@echo "make run    - local stack: MongoDB (nx-27017), WeChat Pay simulator, gateway"
 	@echo "make test   - virtualenv, Python 3.10 check, lint, the whole test suite"
 	@echo "make demo   - the checkout loop headless against the local stack, step by step"
 	@echo "make test310 - the whole suite on a real Python 3.10 (SCF's runtime)"
-	@echo "make package - one zip per function under dist/ (SCF Python3.10)"
+	@echo "make package - one zip per function under dist/ (SCF Python3.10, bytecode, locked versions)"
+	@echo "make lock   - re-resolve requirements.txt into requirements.lock"
 	@echo "make bench  - benchmarks (ratios against a baseline, one run)"
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The runtime packages come from the lock with hash checking, exactly as the zips get
+# them; the dev tools are installed on top, constrained to the same versions.
+PIP := -m pip install --disable-pip-version-check -q
+PINS = sed -n 's/^\([A-Za-z0-9._-]*==[^ ;\\]*\).*/\1/p' requirements.lock
+
+$(STAMP): requirements.lock requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	$(PY) $(PIP) --upgrade pip
+	$(PY) $(PIP) --require-hashes -r requirements.lock
+	$(PINS) > $(VENV)/pins.txt
+	$(PY) $(PIP) -r requirements-dev.txt -c $(VENV)/pins.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -46,10 +54,12 @@ test: check browser
 PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10) $(wildcard /usr/bin/python3.10))
 VENV310 := .venv310
 
-$(VENV310)/.installed: requirements.txt requirements-dev.txt
+$(VENV310)/.installed: requirements.lock requirements-dev.txt
 	@test -n "$(PY310)" || { echo "Python 3.10 not found (pyenv install 3.10, or set PY310=...)" >&2; exit 1; }
 	$(PY310) -m venv $(VENV310)
-	$(VENV310)/bin/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	$(VENV310)/bin/python $(PIP) --require-hashes -r requirements.lock
+	$(PINS) > $(VENV310)/pins.txt
+	$(VENV310)/bin/python $(PIP) -r requirements-dev.txt -c $(VENV310)/pins.txt
 	touch $@
 
 test310: $(VENV310)/.installed browser
@@ -64,11 +74,16 @@ demo: $(STAMP)
 package: $(STAMP)
 	$(PY) -m devtools.package
 
+# Re-resolve requirements.txt into requirements.lock (CPython 3.10, manylinux x86_64, hashes).
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.10 --python-platform x86_64-manylinux_2_17 \
+	  --generate-hashes --custom-compile-command "make lock" -o requirements.lock
+
 # Needs serverless-cloud-framework (npm i -g serverless-cloud-framework) and deploy/.env.
 deploy: package
 	cd deploy && scf deploy
 
-bench: $(STAMP)
+bench: package
 	$(PY) -m bench
 
 clean:

@@ -304,6 +304,7 @@ class _GatewayServer(ThreadingHTTPServer):
 
 
 class _GatewayHandler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall between headers and body
     protocol_version = "HTTP/1.1"
     server_version = "scf-local-gateway/1.0"
     sys_version = ""

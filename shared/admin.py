@@ -5,10 +5,12 @@ Event / command                                   result
  "reason"?, "outRefundNo"?}                        SUCCESS), idempotent on outRefundNo
 {"action": "reconcile", "billDate": "YYYY-MM-DD"} the bill comparison counts
 {"action": "sweep"}                               one sweep now (what the timer does)
+{"action": "setup"}                               every MongoDB index created now
 
 CLI: python -m shared.admin refund OUT_TRADE_NO AMOUNT_FEN [--reason R] [--out-refund-no N]
      python -m shared.admin reconcile YYYY-MM-DD [--force]
      python -m shared.admin sweep
+     python -m shared.admin setup
 It reads the same environment variables as the function (see README).
 """
 
@@ -20,7 +22,9 @@ import sys
 from datetime import date
 
 from shared.errors import BadRequest, CloudPayError
+from shared.log import flush as flush_logs
 from shared.log import log, where
+from shared.store.port import INDEXES
 
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
@@ -40,6 +44,13 @@ def handle_event(instance, event, context=None) -> dict:
 
     Always answers `{"ok": ...}`: errors are results, never exceptions, so SCF never
     shows a traceback and a timer that fires during an outage simply reports it."""
+    try:
+        return _handle_event(instance, event, context)
+    finally:
+        flush_logs()
+
+
+def _handle_event(instance, event, context) -> dict:
     if not isinstance(event, dict):
         return error_result(CloudPayError("the event must be a JSON object", code="BAD_EVENT"))
     try:
@@ -72,7 +83,12 @@ def run_action(reconciler, event: dict, context=None) -> dict:
         return {"ok": True, **reconciler.reconcile_bill(bill_date, force=event.get("force") is True)}
     if action == "sweep":
         return {"ok": True, "sweep": reconciler.sweep(context)}
-    raise BadRequest("action must be refund, reconcile or sweep", code="UNKNOWN_ACTION")
+    if action == "setup":
+        # Every index at once (deployment set-up); the functions also create each
+        # collection's indexes at first use, so this is a convenience, not a requirement.
+        reconciler.store.ensure_indexes()
+        return {"ok": True, "indexes": {name: [index.name for index in indexes] for name, indexes in INDEXES.items()}}
+    raise BadRequest("action must be refund, reconcile, sweep or setup", code="UNKNOWN_ACTION")
 
 
 def error_result(error: CloudPayError) -> dict:
@@ -93,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("bill_date", help="YYYY-MM-DD")
     reconcile.add_argument("--force", action="store_true", help="redo a day already reconciled")
     sub.add_parser("sweep", help="run one sweep now")
+    sub.add_parser("setup", help="create every MongoDB index now (also done lazily at first use)")
     args = parser.parse_args(argv)
 
     event: dict = {"action": args.command}

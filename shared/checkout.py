@@ -24,7 +24,6 @@ import hmac
 import json
 import re
 import secrets
-import string
 from datetime import datetime, timedelta, timezone
 
 from shared import order_states
@@ -40,7 +39,6 @@ from shared.errors import (
     WeChatPayError,
 )
 from shared.log import log
-from shared.settlement import settle_transaction
 
 MAX_ITEMS = 50
 MAX_QUANTITY = 999
@@ -56,15 +54,27 @@ _SKU_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _IDEM_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 _CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _ORDER_NO_RE = re.compile(r"^[0-9A-Za-z_|*-]{6,32}$")
-_RANDOM_ALPHABET = string.ascii_letters + string.digits
 _CHINA = timezone(timedelta(hours=8))
 _MAX_CREATE_ATTEMPTS = 4
 
 
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _random_alnum(count: int) -> str:
+    """`count` uniformly random letters and digits: one read of the OS's random source
+    (bytes >= 248 are dropped, so every character is equally likely)."""
+    chars: list[str] = []
+    while len(chars) < count:
+        chars.extend(_ALNUM[b % 62] for b in secrets.token_bytes(2 * count) if b < 248)
+    return "".join(chars[:count])
+
+
 def new_out_trade_no(now_ms: int) -> str:
-    """26 chars: a UTC+8 time prefix (sorts by creation) + 14 random chars (~83 bits)."""
+    """26 chars: a UTC+8 time prefix (sorts by creation) + 14 random letters and digits
+    (~83 bits)."""
     prefix = datetime.fromtimestamp(now_ms // 1000, _CHINA).strftime("%y%m%d%H%M%S")
-    return prefix + "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(14))
+    return prefix + _random_alnum(14)
 
 
 def rfc3339(ms: int) -> str:
@@ -312,6 +322,8 @@ class CheckoutService:
             log("checkout.query_failed", level="warning", outTradeNo=order["outTradeNo"], code=error.code)
             return order
         if transaction.get("trade_state") == order_states.SUCCESS:
+            from shared.settlement import settle_transaction  # only once WeChat reports a payment
+
             settled = settle_transaction(self.store, self.config, transaction, source="query")
             return self.store.find_order(order["outTradeNo"]) or settled.order or order
         return order

@@ -9,7 +9,6 @@ a secret.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -19,7 +18,9 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
-# Which variables each function needs.  Everything else is optional for it.
+# Which variables each function needs.  A role reads only the variables it uses (below):
+# others are neither parsed nor validated, so `callback` never loads the merchant's
+# private key, even where one is set.
 _WECHATPAY_CALLER = (
     "WECHATPAY_MCHID", "WECHAT_APPID", "WECHATPAY_PRIVATE_KEY", "WECHATPAY_CERT_SERIAL_NO",
     "WECHATPAY_PUBLIC_KEY", "WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_NOTIFY_URL",
@@ -31,6 +32,14 @@ REQUIRED_BY_ROLE: dict[str, tuple[str, ...]] = {
     "callback": ("MONGODB_URI", "WECHATPAY_MCHID", "WECHAT_APPID", "WECHATPAY_APIV3_KEY",
                  "WECHATPAY_PUBLIC_KEY", "WECHATPAY_PUBLIC_KEY_ID"),
     "reconcile": ("MONGODB_URI",) + _WECHATPAY_CALLER,
+}
+_EVERY_ROLE = ("MONGODB_DB", "WECHATPAY_API_VERSION")
+# Optional variables each role reads, besides its required ones.
+OPTIONAL_BY_ROLE: dict[str, tuple[str, ...]] = {
+    "store": _EVERY_ROLE,
+    "prepare": _EVERY_ROLE + ("WECHATPAY_API_BASE", "WECHAT_API_BASE", "ORDER_TTL_SECONDS", "ORDER_MAX_TOTAL_FEE"),
+    "callback": _EVERY_ROLE,
+    "reconcile": _EVERY_ROLE + ("WECHATPAY_API_BASE",),
 }
 
 # Never shown by repr() or in logs.
@@ -95,6 +104,8 @@ def is_loopback_host(host: str | None) -> bool:
     if host.lower() == "localhost":
         return True
     try:
+        import ipaddress  # only for an http:// URL: rare, and not free at cold start
+
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -121,12 +132,16 @@ def _fail(name: str, problem: str):
     raise ConfigError(name, problem)
 
 
-def _private_key(name: str, raw: str):
+def _private_key(name: str, raw: str, *, validate: bool = False):
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
-        key = load_pem_private_key(_pem_text(name, raw, "PRIVATE KEY"), password=None)
+        # The full RSA consistency check costs ~80-100 ms per cold start; the key is our
+        # own, so the hot functions skip it and `reconcile` (a timer) runs it instead:
+        # a damaged key is reported by name there, and by every signature WeChat refuses.
+        key = load_pem_private_key(_pem_text(name, raw, "PRIVATE KEY"), password=None,
+                                   unsafe_skip_rsa_key_validation=not validate)
     except (ValueError, TypeError) as exc:
         raise ConfigError(name, "is not a readable unencrypted PEM private key") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
@@ -134,6 +149,10 @@ def _private_key(name: str, raw: str):
     if key.key_size < 2048:
         _fail(name, f"RSA key is {key.key_size} bits; WeChat Pay needs 2048")
     return key
+
+
+def _validated_private_key(name: str, raw: str):
+    return _private_key(name, raw, validate=True)
 
 
 def _public_key(name: str, raw: str):
@@ -259,8 +278,13 @@ def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
         raise ValueError(f"unknown role {role!r}")
     env = os.environ if environ is None else environ
     required = REQUIRED_BY_ROLE[role]
+    used = set(required) | set(OPTIONAL_BY_ROLE[role])
     values: dict[str, Any] = {"role": role}
     for variable, (field_name, parse) in _VARIABLES.items():
+        if variable not in used:
+            continue
+        if parse is _private_key and role == "reconcile":
+            parse = _validated_private_key
         raw = env.get(variable)
         if raw is None or raw.strip() == "":
             if variable in required:

@@ -29,6 +29,7 @@ from shared.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from shared.log import flush as flush_logs
 from shared.log import log, where
 from shared.strict_json import JsonRejected, loads_object
 
@@ -233,6 +234,7 @@ def serve(event: Any, context: Any, endpoint: Callable[[Request], tuple[int, Any
         path=request.path if request else None, status=status, outcome=outcome,
         ms=int((time.monotonic() - started) * 1000),
         requestId=request.request_id if request else None)
+    flush_logs()
     return reply
 
 

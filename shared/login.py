@@ -4,14 +4,11 @@
 unionid when WeChat sends one.  The `session_key` is never returned, stored or
 logged: this backend does not decrypt user data, so it has no use for it.
 
-Built on wechatpy's `WeChatClient`, with two precautions from reading its source
-(wechatpy 1.8.18, `client/base.py`):
-- it fetches an access token from a hard-coded `https://api.weixin.qq.com/cgi-bin/token`
-  before any call unless one is given; jscode2session needs none, so the client gets the
-  placeholder token "unused" (a user-provided token is returned as is, never refreshed);
-- with `auto_retry=True`, errcodes 40001/40014/42001 trigger that same token fetch and a
-  retry; `auto_retry=False` turns it off.
-wechatpy is imported lazily, so functions that never log anyone in do not pay for it.
+One GET (https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-login/code2Session.html):
+`{WECHAT_API_BASE}/sns/jscode2session?appid&secret&js_code&grant_type=authorization_code`,
+answered `{openid, session_key, unionid?}` or `{errcode, errmsg}`.  It needs no access
+token, so none is ever fetched.  The URL carries the app secret: it is never logged,
+and transport errors name only the host.
 """
 
 from __future__ import annotations
@@ -19,10 +16,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import urlencode
 
 from shared.errors import ConfigError, LoginFailed, LoginUnavailable
+from shared.http import HttpClient, HttpError
 from shared.log import log
+from shared.strict_json import JsonRejected, loads_object
 
 LOGIN_TIMEOUT = 3.0
 _CODE_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -51,27 +50,24 @@ class LoginSession:
 
 
 class WeChatLogin:
-    """code2Session for one mini-program: built once per warm instance (`shared.runtime`).
+    """code2Session for one mini-program: built once per warm instance (`shared.runtime`)."""
 
-    wechatpy is imported here, at construction, so functions that never log anyone in
-    (and `prepare`'s status queries) do not pay for it.
-    """
-
-    def __init__(self, config):
+    def __init__(self, config, http: HttpClient | None = None, *, timeout: float | None = None):
         if not config.wechat_appid:
             raise ConfigError("WECHAT_APPID", "is required for login")
         if not config.wechat_appsecret:
             raise ConfigError("WECHAT_APPSECRET", "is required for login")
-        from wechatpy import WeChatClient
-
-        self._client = WeChatClient(config.wechat_appid, config.wechat_appsecret,
-                                    access_token="unused",  # noqa: S106 - placeholder, see module doc
-                                    timeout=LOGIN_TIMEOUT, auto_retry=False)
-        # wechatpy joins base and endpoint without a separator: keep the trailing slash.
-        self._client.wxa.API_BASE_URL = config.wechat_api_base.rstrip("/") + "/"
+        self._appid = config.wechat_appid
+        self._secret = config.wechat_appsecret
+        self._url = config.wechat_api_base.rstrip("/") + "/sns/jscode2session"
+        self._http = http or HttpClient()
+        self._timeout = LOGIN_TIMEOUT if timeout is None else timeout
 
     def __repr__(self) -> str:
         return "WeChatLogin()"
+
+    def close(self) -> None:
+        self._http.close()
 
     def openid(self, code: str) -> str:
         """The openid for a `wx.login()` code (what `CheckoutService` needs)."""
@@ -88,28 +84,32 @@ class WeChatLogin:
         if not isinstance(code, str) or not _CODE_RE.fullmatch(code):
             raise LoginFailed("the login code is malformed; call wx.login() again",
                               details={"reason": "malformed"})
-
-        from requests import RequestException
-        from wechatpy.exceptions import WeChatClientException
-
+        query = urlencode({"appid": self._appid, "secret": self._secret, "js_code": code,
+                           "grant_type": "authorization_code"})
         started = time.monotonic()
         outcome, errcode = "error", None
         try:
             try:
-                result: Any = self._client.wxa.code_to_session(code)
-            except WeChatClientException as exc:
-                errcode = exc.errcode
-                outcome = "refused"
-                # Not chained: wechatpy's exception holds the request, whose URL has the secret.
-                raise _login_error(exc.errcode) from None
-            except RequestException as exc:
+                response = self._http.request("GET", f"{self._url}?{query}", connect_timeout=self._timeout,
+                                              read_timeout=self._timeout,
+                                              deadline=time.monotonic() + 2 * self._timeout, max_body=64 * 1024)
+            except HttpError as exc:
                 outcome = "unreachable"
-                # Not chained either: requests' messages quote the URL, secret included.
-                raise LoginUnavailable(f"WeChat login could not be reached ({type(exc).__name__})",
-                                       details={"cause": type(exc).__name__}) from None
-            if not isinstance(result, dict):  # wechatpy returns the raw Response for non-JSON
+                raise LoginUnavailable(f"WeChat login could not be reached ({exc.kind})",
+                                       details={"cause": exc.kind}) from None
+            if not response.ok():
+                outcome = "refused"
+                raise LoginUnavailable("WeChat login answered with an HTTP error",
+                                       details={"httpStatus": response.status})
+            try:
+                result = loads_object(response.body, "the login answer")
+            except JsonRejected:
                 outcome = "bad_answer"
-                raise LoginUnavailable("WeChat login answered something that is not JSON")
+                raise LoginUnavailable("WeChat login answered something that is not JSON") from None
+            errcode = result.get("errcode")
+            if errcode not in (None, 0):
+                outcome = "refused"
+                raise _login_error(errcode)
             openid, unionid = result.get("openid"), result.get("unionid")
             if not isinstance(openid, str) or not openid:
                 outcome = "bad_answer"
@@ -123,9 +123,6 @@ class WeChatLogin:
 
 
 def _login_error(errcode) -> Exception:
-    if errcode is None:
-        # wechatpy raises errcode=None for a non-2xx HTTP status.
-        return LoginUnavailable("WeChat login answered with an HTTP error", details={"errcode": None})
     if errcode in _REFUSED:
         return LoginFailed(_REFUSED[errcode], details={"errcode": errcode})
     if errcode in _BUSY:

@@ -16,7 +16,6 @@ import time
 
 from shared.errors import MalformedNotification
 from shared.log import log
-from shared.refunds import RefundService
 from shared.settlement import settle_transaction
 from shared.wechatpay.notification import verify_notification
 
@@ -57,6 +56,8 @@ class NotificationService:
             settled = settle_transaction(self.store, self.config, resource, source="notification")
             outcome, out_trade_no = settled.anomaly or settled.outcome, settled.out_trade_no
         elif isinstance(event_type, str) and event_type.startswith("REFUND."):
+            from shared.refunds import RefundService  # refund notifications are the rare kind
+
             result = RefundService(self.config, self.store).apply_result(resource, source="notification")
             outcome, out_trade_no = result.anomaly or result.outcome, resource.get("out_trade_no")
         else:

@@ -6,9 +6,10 @@ Each function asks `runtime.instance("prepare")` (or "callback", "reconcile") fo
 request needs it, then reuses it.  Nothing heavy happens at import time, so a cold start
 pays only for what its first request uses.
 
-The configuration is re-read from the environment (overlaid with the SSM secret, whose
-cache has a TTL) on every request; when it changes (a rotated secret), every part is
-closed and rebuilt from the new configuration.  Thread-safe: tests, the local gateway and
+The environment of an instance does not change during its life, so without SSM the
+configuration is loaded once.  With SSM, the secret is looked at on every request (its
+cache has a TTL); when it changes (a rotated secret), every part is closed and rebuilt
+from the new configuration.  Thread-safe: tests, the local gateway and
 SCF's multi-concurrency mode call handlers from several threads.
 
 The environment is `os.environ` unless `configure(environ)` gives another mapping (the
@@ -25,28 +26,39 @@ from typing import Any
 from shared.config import Config, load_config
 from shared.errors import ConfigError
 from shared.log import log
-from shared.ssm import SecretCache
+
+SSM_NAME_VAR = "CLOUDPAY_SSM_SECRET_NAME"
 
 
 class Instance:
     """The configuration and the built parts of one function role in this process."""
 
-    def __init__(self, role: str, environ: Mapping[str, str] | None = None, *,
-                 secrets: SecretCache | None = None):
+    def __init__(self, role: str, environ: Mapping[str, str] | None = None, *, secrets=None):
         self.role = role
         self._environ = environ            # None: os.environ, read at every request
-        self._secrets = secrets or SecretCache()
+        self._secrets = secrets            # the SSM cache, made when a secret is configured
         self._lock = threading.RLock()     # builders nest (a service builds the store)
         self._fingerprint: int | None = None
         self._config: Config | None = None
+        self._ssm = False                   # whether the loaded configuration came with SSM
         self._resolved: dict[str, str] = {}
         self._parts: dict[str, Any] = {}
 
     def environ(self) -> dict[str, str]:
         """The environment as the functions see it: variables overlaid with the SSM secret."""
-        return self._secrets.environ(os.environ if self._environ is None else self._environ)
+        raw = os.environ if self._environ is None else self._environ
+        if not (raw.get(SSM_NAME_VAR) or "").strip():
+            return dict(raw)  # no SSM: nothing of it is imported (cold start)
+        if self._secrets is None:
+            with self._lock:
+                if self._secrets is None:
+                    self._secrets = _secret_cache()
+        return self._secrets.environ(raw)
 
     def config(self) -> Config:
+        config = self._config
+        if config is not None and not self._ssm:
+            return config  # the hot path: no copy of the environment per request
         environ = self.environ()
         fingerprint = hash(tuple(sorted(environ.items())))
         if fingerprint != self._fingerprint:
@@ -55,6 +67,7 @@ class Instance:
                     config = load_config(self.role, environ)
                     self._close_parts()
                     self._config, self._resolved, self._fingerprint = config, environ, fingerprint
+                    self._ssm = bool((environ.get(SSM_NAME_VAR) or "").strip())
         return self._config
 
     def _part(self, name: str, build: Callable[[Config], Any]) -> Any:
@@ -91,11 +104,21 @@ class Instance:
         return self._part("store", build)
 
     @property
+    def http(self):
+        """One keep-alive HTTP client for every outbound call of the instance."""
+        def build(config):
+            from shared.http import HttpClient
+
+            return HttpClient()
+
+        return self._part("http", build)
+
+    @property
     def wechatpay(self):
         def build(config):
             from shared.wechatpay.client import WeChatPayClient
 
-            return WeChatPayClient.from_config(config)
+            return WeChatPayClient.from_config(config, http=self.http)
 
         return self._part("wechatpay", build)
 
@@ -104,7 +127,7 @@ class Instance:
         def build(config):
             from shared.login import WeChatLogin
 
-            return WeChatLogin(config)
+            return WeChatLogin(config, http=self.http)
 
         return self._part("login", build)
 
@@ -151,8 +174,18 @@ class Instance:
 
 _instances: dict[str, Instance] = {}
 _environ: Mapping[str, str] | None = None
-_secrets = SecretCache()  # one SSM secret serves every role of the process
+_secrets = None  # one SSM cache serves every role of the process
 _lock = threading.Lock()
+
+
+def _secret_cache():
+    global _secrets
+    with _lock:
+        if _secrets is None:
+            from shared.ssm import SecretCache
+
+            _secrets = SecretCache()
+        return _secrets
 
 
 def instance(role: str) -> Instance:
@@ -184,7 +217,8 @@ def _reset_locked() -> None:
     for found in _instances.values():
         found.close()
     _instances.clear()
-    _secrets.clear()
+    if _secrets is not None:
+        _secrets.clear()
 
 
 def warm(role: str) -> None:

@@ -184,3 +184,21 @@ def transaction(out_trade_no: str = "T20240501000000001", total: int = 100, **fi
     }
     data.update(fields)
     return data
+
+
+def full_config(**overrides: str | None):
+    """Every field set, as if one function played every role (unit tests of the services:
+    each real function reads only the variables it uses)."""
+    from dataclasses import fields
+
+    from shared.config import Config
+
+    environ = make_environ(**overrides)
+    merged: dict = {}
+    for role in ("prepare", "callback", "reconcile"):
+        config = load_config(role, environ)
+        for field in fields(config):
+            value = getattr(config, field.name)
+            if field.name != "role" and value is not None:
+                merged.setdefault(field.name, value)
+    return Config(role="reconcile", **merged)

@@ -132,3 +132,40 @@ def test_a_platform_certificate_is_accepted_as_the_public_key():
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     config = load_config("callback", make_environ(WECHATPAY_PUBLIC_KEY=pem))
     assert config.wechatpay_public_key.public_numbers() == platform_keys().public_key.public_numbers()
+
+
+# --- each role reads only what it uses; the merchant key is checked once, by reconcile ------
+
+def _inconsistent_private_key_pem() -> str:
+    """A readable RSA key whose CRT exponent is wrong: only a full validation notices."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    broken = rsa.RSAPrivateNumbers(p=numbers.p, q=numbers.q, d=numbers.d, dmp1=numbers.dmp1 + 2,
+                                   dmq1=numbers.dmq1, iqmp=numbers.iqmp, public_numbers=numbers.public_numbers)
+    key = broken.private_key(unsafe_skip_rsa_key_validation=True)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def test_callback_never_parses_the_private_key_or_other_variables_it_does_not_use():
+    config = load_config("callback", make_environ(WECHATPAY_PRIVATE_KEY="not a key", ORDER_TOKEN_SECRET="short",
+                                                  WECHATPAY_NOTIFY_URL="ftp://x", WECHAT_APPSECRET="!"))
+    assert config.wechatpay_private_key is None and config.order_token_secret is None
+    assert config.wechatpay_notify_url is None and config.wechat_appsecret is None
+
+
+def test_the_hot_functions_skip_the_key_check_and_reconcile_runs_it():
+    pem = _inconsistent_private_key_pem()
+    assert load_config("prepare", make_environ(WECHATPAY_PRIVATE_KEY=pem)).wechatpay_private_key is not None
+    with pytest.raises(ConfigError) as caught:
+        load_config("reconcile", make_environ(WECHATPAY_PRIVATE_KEY=pem))
+    assert caught.value.variable == "WECHATPAY_PRIVATE_KEY"
+
+
+def test_every_variable_is_read_by_some_role():
+    from shared.config import _VARIABLES, OPTIONAL_BY_ROLE, REQUIRED_BY_ROLE
+
+    read = {v for role in REQUIRED_BY_ROLE for v in REQUIRED_BY_ROLE[role] + OPTIONAL_BY_ROLE[role]}
+    assert read == set(_VARIABLES)

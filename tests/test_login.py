@@ -1,7 +1,7 @@
 """shared.login against a loopback fake of WeChat's /sns/jscode2session.
 
-Every test also asserts that wechatpy never tries to fetch an access token (it would go
-to the hard-coded https://api.weixin.qq.com/cgi-bin/token).
+Every test also asserts that no access token is ever fetched (/cgi-bin/token): code2Session
+needs none.
 """
 
 from __future__ import annotations
@@ -26,8 +26,14 @@ SESSION_KEY = "tiihtNczf5v6AKRyjwEUhQ=="
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as WeChat's servers
+
     def log_message(self, *args):
         pass
+
+    def handle(self):  # once per connection
+        self.server.fake.connections += 1  # type: ignore[attr-defined]
+        super().handle()
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         fake = self.server.fake  # type: ignore[attr-defined]
@@ -48,6 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeWeChat:
     def __init__(self):
         self.paths: list[str] = []
+        self.connections = 0
         default = json.dumps({"openid": "oUser1", "session_key": SESSION_KEY}).encode()
         self.reply = lambda path: (200, default, 0)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -63,17 +70,6 @@ class FakeWeChat:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(autouse=True)
-def no_token_fetch(monkeypatch):
-    """Fail loudly if wechatpy ever tries to fetch an access token."""
-    from wechatpy.client import WeChatClient
-
-    def forbidden(self):
-        raise AssertionError("wechatpy tried to fetch an access token")
-
-    monkeypatch.setattr(WeChatClient, "fetch_access_token", forbidden)
 
 
 @pytest.fixture
@@ -130,7 +126,7 @@ def test_errcodes_map_to_login_errors(fake, config, logs, errcode, cls):
     with pytest.raises(cls) as info:
         login.WeChatLogin(config).openid("badcode")
     assert info.value.details["errcode"] == errcode
-    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
     assert APPSECRET not in str(info.value) and APPSECRET not in logs.getvalue()
     assert len(fake.paths) == 1  # 40001 included: no token refresh and retry
 
@@ -180,48 +176,47 @@ def test_connection_refused_is_unavailable_and_hides_the_secret():
     assert APPSECRET not in str(info.value) and APPSECRET not in repr(info.value.details)
 
 
-def test_timeout_is_unavailable(fake, monkeypatch):
-    monkeypatch.setattr(login, "LOGIN_TIMEOUT", 0.2)
+def test_timeout_is_unavailable(fake):
     config = make_config(WECHAT_API_BASE=fake.base)
     fake.answer({"openid": "late"}, delay=1.0)
     started = time.monotonic()
     with pytest.raises(LoginUnavailable):
-        login.WeChatLogin(config).openid("codeslow")
+        login.WeChatLogin(config, timeout=0.2).openid("codeslow")
     assert time.monotonic() - started < 1.0
 
 
-def test_client_is_built_once_per_instance_and_thread_safe(fake, monkeypatch):
-    import wechatpy
-
+def test_the_login_client_is_built_once_per_instance_and_thread_safe(fake):
     from shared.runtime import Instance
     from tests.keys import make_environ
+    from tests.test_runtime import RotatingSecret
 
-    built = []
-    real = wechatpy.WeChatClient
-
-    def counting(*args, **kwargs):
-        built.append(1)
-        time.sleep(0.01)  # widen the race window
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(wechatpy, "WeChatClient", counting)
-    environ = make_environ(WECHAT_API_BASE=fake.base)
-    instance = Instance("prepare", environ)
+    secret = RotatingSecret()
+    instance = Instance("prepare", make_environ(WECHAT_API_BASE=fake.base, CLOUDPAY_SSM_SECRET_NAME="s"),
+                        secrets=secret)
     results, barrier = [], threading.Barrier(8)
 
     def run():
         barrier.wait()
-        results.append(instance.login.openid("codeparallel"))
+        results.append((instance.login.openid("codeparallel"), id(instance.login)))
 
     threads = [threading.Thread(target=run) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == ["oUser1"] * 8 and len(built) == 1
-    environ["WECHAT_APPSECRET"] = "b" * 32  # a rotated secret: the client is rebuilt
-    assert instance.login.openid("another") == "oUser1"
-    assert len(built) == 2
+    assert [openid for openid, _ in results] == ["oUser1"] * 8 and len({built for _, built in results}) == 1
+    first = instance.login
+    secret.overlay = {"WECHAT_APPSECRET": "b" * 32}  # a rotated secret: the client is rebuilt
+    assert instance.login.openid("another") == "oUser1" and instance.login is not first
+    assert parse_qs(urlsplit(fake.paths[-1]).query)["secret"] == ["b" * 32]
+
+
+def test_connections_are_kept_alive_between_logins(fake):
+    config = make_config(WECHAT_API_BASE=fake.base)
+    client = login.WeChatLogin(config)
+    for code in ("c1", "c2", "c3"):
+        assert client.openid(code) == "oUser1"
+    assert fake.connections == 1
 
 
 def test_missing_app_secret_is_a_config_error():
@@ -231,10 +226,10 @@ def test_missing_app_secret_is_a_config_error():
     assert info.value.variable == "WECHAT_APPSECRET"
 
 
-def test_module_import_does_not_import_wechatpy():
+def test_module_import_is_lean():
     import subprocess
 
-    code = "import sys, shared.login; print('wechatpy' in sys.modules)"
+    code = "import sys, shared.login; print(sorted(m for m in ('wechatpy', 'requests', 'urllib3') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"

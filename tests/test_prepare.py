@@ -295,3 +295,12 @@ def test_no_secret_or_stack_trace_in_replies_or_logs(stack, simulator, sim_keys)
     for secret in secrets:
         assert secret not in text, secret
     assert logged.count('"event":"prepare.request"') == 5
+
+
+def test_random_part_of_order_numbers_uses_every_letter_and_digit_evenly():
+    from shared.checkout import _ALNUM, _random_alnum
+
+    sample = _random_alnum(62_000)
+    assert len(sample) == 62_000 and set(sample) == set(_ALNUM)
+    counts = [sample.count(char) for char in _ALNUM]
+    assert 800 <= min(counts) and max(counts) <= 1200  # expected 1,000 each; 6 sigma either way

@@ -359,3 +359,14 @@ def test_a_sweep_during_a_store_outage_reports_it_and_the_next_one_recovers(live
     assert after["sweep"]["recover_lost"] == {"paid": 1}, after
     assert store.get_order(second)["payStatus"] == st.SUCCESS
     assert store.count_events("order.paid", second) == 1
+
+
+def test_setup_creates_every_index_at_once(live_stack, reconcile, mongo_client, db_name):
+    from shared.store import INDEXES
+
+    result = reconcile({"action": "setup"}, CONTEXT)
+    assert result["ok"] is True and set(result["indexes"]) == set(INDEXES)
+    for name, indexes in INDEXES.items():
+        information = mongo_client[db_name][name].index_information()
+        existing = {tuple(f for f, _ in info["key"]) for info in information.values()}
+        assert all(tuple(f for f, _ in index.fields) in existing for index in indexes), name

@@ -13,9 +13,22 @@ from shared.runtime import Instance
 from tests.keys import make_environ
 
 
-def test_parts_are_built_once_across_threads_and_rebuilt_when_the_configuration_changes():
-    environ = make_environ()
-    instance = Instance("reconcile", environ)
+class RotatingSecret:
+    """Stands in for the SSM cache: its overlay can change, as a rotated secret does."""
+
+    def __init__(self, **overlay):
+        self.overlay = overlay
+
+    def environ(self, raw):
+        return {**raw, **self.overlay}
+
+    def clear(self):
+        pass
+
+
+def test_parts_are_built_once_across_threads_and_rebuilt_when_the_secret_changes():
+    secret = RotatingSecret()
+    instance = Instance("reconcile", make_environ(CLOUDPAY_SSM_SECRET_NAME="cloudpay/prod"), secrets=secret)
     barrier = threading.Barrier(8)
     seen: list = []
 
@@ -32,15 +45,20 @@ def test_parts_are_built_once_across_threads_and_rebuilt_when_the_configuration_
     store, reconciler = seen[0][0], seen[0][2]
     assert reconciler.store is store and reconciler.wechatpay is seen[0][1]
 
-    environ["MONGODB_DB"] = "rotated"  # e.g. a new SSM secret version
+    secret.overlay = {"MONGODB_DB": "rotated"}  # a new version of the SSM secret
     assert instance.store is not store and instance.store.db_name == "rotated"
     assert store._client is None  # the old one was closed
     assert instance.reconciler is not reconciler
 
 
-def test_an_unchanged_environment_reuses_the_loaded_configuration():
-    instance = Instance("prepare", make_environ())
-    assert instance.config() is instance.config()
+def test_without_ssm_the_configuration_is_loaded_once_per_instance():
+    environ = make_environ()
+    instance = Instance("prepare", environ)
+    first = instance.config()
+    environ["MONGODB_DB"] = "changed"  # SCF never changes an instance's environment
+    assert instance.config() is first and first.mongodb_db != "changed"
+    instance.close()
+    assert instance.config().mongodb_db == "changed"
 
 
 def test_configure_injects_an_environment_without_touching_os_environ():

@@ -111,7 +111,9 @@ def test_function_environ_passes_the_configuration_contract_for_every_role(sim_k
                                         "mongodb://127.0.0.1:27017")
     for role in ("prepare", "callback", "reconcile", "store"):
         config = load_config(role, environ)
-        assert config.wechatpay_api_base == "http://127.0.0.1:8090"
+        # Only the roles that call WeChat Pay read its base URL.
+        assert config.wechatpay_api_base == ("http://127.0.0.1:8090" if role in ("prepare", "reconcile")
+                                             else "https://api.mch.weixin.qq.com")
     config = load_config("prepare", environ)
     assert config.wechat_appid == sim_keys.appid and config.wechatpay_mchid == sim_keys.mchid
     assert config.wechatpay_public_key_id.startswith("PUB_KEY_ID_01")
@@ -749,12 +751,13 @@ def test_jscode2session_errors_are_http_200_with_errcode(sim_keys, simulator, co
     assert "openid" not in answer
 
 
-def test_wechatpy_login_never_fetches_an_access_token(sim_keys, simulator):
-    from wechatpy import WeChatClient
+def test_our_login_never_fetches_an_access_token(sim_keys, simulator):
+    from shared.config import load_config
+    from shared.login import WeChatLogin
 
-    client = WeChatClient(sim_keys.appid, sim_keys.app_secret, access_token="unused", timeout=5, auto_retry=False)
-    client.wxa.API_BASE_URL = simulator.url + "/"
-    assert client.wxa.code_to_session("test-carol")["openid"] == simulator.openid_for("carol")
+    config = load_config("prepare", sim_keys.function_environ(simulator.url, "http://127.0.0.1:9/n",
+                                                              "mongodb://127.0.0.1:1"))
+    assert WeChatLogin(config).openid("test-carol") == simulator.openid_for("carol")
     counters = simulator.counters()
     assert counters["jscode2session"] == 1 and counters["token_fetches"] == 0
     requests.get(simulator.url + "/cgi-bin/token", timeout=5,

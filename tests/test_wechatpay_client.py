@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 
 from shared import log as log_module
 from shared.errors import WeChatPayBadResponse, WeChatPayError, WeChatPayRejected, WeChatPayUnreachable
+from shared.http import HttpError
 from shared.wechatpay import signing
 from shared.wechatpay.client import WeChatPayClient
 from tests.keys import (
@@ -407,7 +407,7 @@ def test_read_timeout_is_unreachable(fake, config):
     with pytest.raises(WeChatPayUnreachable) as info:
         client.jsapi_prepay(**prepay_args())
     assert time.monotonic() - started < 1.0
-    assert isinstance(info.value.__cause__, requests.Timeout)
+    assert isinstance(info.value.__cause__, HttpError) and info.value.__cause__.kind == "timeout"
     assert not isinstance(info.value, WeChatPayRejected)
     assert len(fake.received) == 1  # a POST that timed out is never replayed
 
@@ -417,7 +417,7 @@ def test_connection_refused_is_unreachable():
     client = WeChatPayClient.from_config(config, connect_timeout=1.0)
     with pytest.raises(WeChatPayUnreachable) as info:
         client.query_order("T20240501000000001")
-    assert isinstance(info.value.__cause__, requests.ConnectionError)
+    assert isinstance(info.value.__cause__, HttpError) and info.value.__cause__.kind == "connect"
     with pytest.raises(WeChatPayUnreachable):
         client.close_order("T20240501000000001")
 
@@ -620,15 +620,15 @@ def test_wechatpayv3_agrees_with_the_fake_server(fake):
     assert status == 204 and fake.received[-1].auth_ok
 
 
-class _RecordingSession:
-    """Stands in for requests.Session: records the URL, then fails like a dead network."""
+class _RecordingHttp:
+    """Stands in for the HTTP client: records the URL, then fails like a dead network."""
 
     def __init__(self):
         self.urls: list[str] = []
 
-    def get(self, url, **kwargs):
+    def request(self, method, url, **kwargs):
         self.urls.append(url)
-        raise requests.ConnectionError("no network in tests")
+        raise HttpError("connect", "offline")
 
     def close(self):
         pass
@@ -642,9 +642,9 @@ class _RecordingSession:
     ("https://api.mch.weixin.qq.com@evil.example/v3/billdownload/file", False),
 ])
 def test_bill_download_may_use_wechat_pays_backup_host(url, allowed):
-    session = _RecordingSession()
+    session = _RecordingHttp()
     client = WeChatPayClient.from_config(make_config(WECHATPAY_API_BASE="https://api.mch.weixin.qq.com"),
-                                         session=session)
+                                         http=session)
     expected = WeChatPayUnreachable if allowed else WeChatPayBadResponse
     with pytest.raises(expected):
         client._download(url)

@@ -78,9 +78,9 @@ def _translated(cls):
 
 
 def _query(where: Where) -> dict:
-    query: dict[str, dict] = {}
+    query: dict = {}
     for name, value in where.equals.items():
-        query.setdefault(name, {})["$eq"] = value
+        query[name] = {"$eq": value}
     for name, values in where.one_of.items():
         query.setdefault(name, {})["$in"] = list(values)
     for name, value in where.below.items():
@@ -89,7 +89,11 @@ def _query(where: Where) -> dict:
         query.setdefault(name, {})["$gte"] = value
     for name in where.absent:
         query.setdefault(name, {})["$exists"] = False
-    return query
+    # A lone equality on a string or number is written plainly ({"f": v} means
+    # {"f": {"$eq": v}}): the form MongoDB's tools show, and the one nx-27017 answers from
+    # its indexes.  None stays $eq (nx reads a plain None as "missing" only).
+    return {name: (condition["$eq"] if list(condition) == ["$eq"] and isinstance(condition["$eq"], (str, int))
+                   else condition) for name, condition in query.items()}
 
 
 def _sort(sort: Sort) -> list[tuple[str, int]]:
@@ -108,7 +112,7 @@ class MongoOrderStore(OrderStore):
         self._client = client
         self._owns_client = client is None
         self._lock = threading.Lock()
-        self._indexed: set[str] = set()
+        self._collections: dict[str, Any] = {}  # name -> Collection, its indexes created
 
     def __repr__(self) -> str:  # the URI may hold a password
         return f"MongoOrderStore(db={self.db_name!r})"
@@ -121,17 +125,19 @@ class MongoOrderStore(OrderStore):
         return self._client[self.db_name]
 
     def _collection(self, name: str):
-        collection = self._db()[name]
-        if name not in self._indexed:
-            self._create_indexes(name)
+        collection = self._collections.get(name)
+        if collection is None:
+            collection = self._create_indexes(name)
         return collection
 
-    def _create_indexes(self, name: str) -> None:
+    def _create_indexes(self, name: str):
+        collection = self._db()[name]
         models = [pymongo.IndexModel(list(index.fields), name=index.name, unique=index.unique)
                   for index in INDEXES.get(name, ())]
         if models:
-            self._db()[name].create_indexes(models)  # one round trip for the collection
-        self._indexed.add(name)
+            collection.create_indexes(models)  # one round trip for the collection
+        self._collections[name] = collection
+        return collection
 
     def ensure_indexes(self) -> None:
         for name in INDEXES:
@@ -145,7 +151,7 @@ class MongoOrderStore(OrderStore):
             if self._client is not None and self._owns_client:
                 self._client.close()
             self._client = None
-            self._indexed.clear()
+            self._collections.clear()
 
     # --- primitives -------------------------------------------------------------------
 

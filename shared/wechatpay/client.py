@@ -1,7 +1,7 @@
 """WeChat Pay APIv3 client: prepay, query, close, refund, trade bill, requestPayment params.
 
-One `WeChatPayClient` per warm instance (built by `shared.runtime`), holding one pooled
-`requests.Session`.  Every request is signed (`Authorization: WECHATPAY2-SHA256-RSA2048
+One `WeChatPayClient` per warm instance (built by `shared.runtime`), holding one
+keep-alive `shared.http.HttpClient`.  Every request is signed (`Authorization: WECHATPAY2-SHA256-RSA2048
 ...`, merchant key) and every 2xx response must carry a valid WeChat Pay signature over
 its raw body (public-key mode: `Wechatpay-Serial` must be our `PUB_KEY_ID_...`), else
 `WeChatPayBadResponse`.  Failures are told apart for the callers:
@@ -15,7 +15,7 @@ its raw body (public-key mode: `Wechatpay-Serial` must be our `PUB_KEY_ID_...`),
                          bill hash mismatch, download URL on a foreign host).
 
 Amounts are integers in fen; `bool` and `float` are refused.  Thread-safe: the client
-keeps no per-call state, `requests.Session` connection pools are thread-safe, and the
+keeps no per-call state, the HTTP client's connection pool is thread-safe, and the
 clock and nonce functions are injected (tests make them deterministic).
 """
 
@@ -31,15 +31,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from shared.errors import (
     NotificationRejected,
     WeChatPayBadResponse,
     WeChatPayRejected,
     WeChatPayUnreachable,
 )
+from shared.http import HttpClient, HttpError
 from shared.log import log
 from shared.wechatpay import signing
 from shared.wechatpay.notification import verify_signature
@@ -108,8 +106,7 @@ class WeChatPayClient:
                  max_bill_bytes: int = DEFAULT_MAX_BILL_BYTES,
                  clock: Callable[[], float] = time.time,
                  nonce_func: Callable[[], str] = signing.nonce,
-                 pool_maxsize: int = 4,
-                 session: requests.Session | None = None):
+                 http: HttpClient | None = None):
         for name, value in (("mchid", mchid), ("appid", appid), ("cert_serial_no", cert_serial_no),
                             ("public_key_id", public_key_id), ("api_base", api_base)):
             if not value:
@@ -129,12 +126,14 @@ class WeChatPayClient:
             raise ValueError("api_base must be an http(s) URL")
         self._origin = (base.scheme.lower(), base.netloc.lower())
         self._base_path = base.path.rstrip("/")  # signed: the server sees it as part of the path
-        self.timeout = (connect_timeout, read_timeout)
-        self.bill_timeout = (connect_timeout, bill_read_timeout)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.bill_read_timeout = bill_read_timeout
         self.max_bill_bytes = max_bill_bytes
         self._clock = clock
         self._nonce = nonce_func
-        self._session = session or self._new_session(pool_maxsize)
+        # Never retried behind the caller's back: a POST that timed out may have landed.
+        self._http = http or HttpClient()
 
     @classmethod
     def from_config(cls, config, **kwargs) -> WeChatPayClient:
@@ -147,18 +146,8 @@ class WeChatPayClient:
                    notify_url=config.wechatpay_notify_url,
                    api_base=config.wechatpay_api_base, **kwargs)
 
-    @staticmethod
-    def _new_session(pool_maxsize: int) -> requests.Session:
-        session = requests.Session()
-        # max_retries=0: a POST that timed out may have landed, so it is never replayed
-        # behind the caller's back; GETs are cheap for the caller to retry itself.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
-
     def close(self) -> None:
-        self._session.close()
+        self._http.close()
 
     def __repr__(self) -> str:
         return f"WeChatPayClient(mchid={self.mchid!r}, api_base={self.api_base!r})"
@@ -191,19 +180,17 @@ class WeChatPayClient:
         outcome = "error"
         try:
             try:
-                response = self._session.request(
+                response = self._http.request(
                     method, self._origin[0] + "://" + self._origin[1] + signed_path,
-                    data=body if payload is not None else None,
+                    body=body if payload is not None else None,
                     headers=self._headers(method, signed_path, body),
-                    timeout=self.timeout, allow_redirects=False)
-                status = response.status_code
-                raw = response.content  # reading the body can time out too
-            except requests.RequestException as exc:
+                    connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
+            except HttpError as exc:
                 outcome = "unreachable"
                 raise WeChatPayUnreachable(
-                    f"WeChat Pay could not be reached ({type(exc).__name__}); "
-                    "the outcome of the call is unknown",
-                    details={"path": path, "cause": type(exc).__name__}) from exc
+                    f"WeChat Pay could not be reached ({exc.kind}); the outcome of the call is unknown",
+                    details={"path": path, "cause": exc.kind}) from exc
+            status, raw = response.status, response.body
             if not 200 <= status < 300:
                 outcome = "rejected"
                 raise self._rejected(status, raw, path)
@@ -382,23 +369,15 @@ class WeChatPayClient:
             # The same headers as every API call (what WeChat's SDKs send to this URL too).
             headers = self._headers("GET", signed_path, b"")
             try:
-                with self._session.get(target, headers=headers, timeout=self.bill_timeout, stream=True,
-                                       allow_redirects=False) as response:
-                    status = response.status_code
-                    declared = response.headers.get("Content-Length")
-                    if declared and declared.isdigit() and int(declared) > self.max_bill_bytes:
-                        raise self._too_big()
-                    chunks, size = [], 0
-                    for chunk in response.iter_content(64 * 1024):
-                        size += len(chunk)
-                        if size > self.max_bill_bytes:
-                            raise self._too_big()
-                        chunks.append(chunk)
-                    raw = b"".join(chunks)
-            except requests.RequestException as exc:
+                response = self._http.request("GET", target, headers=headers, connect_timeout=self.connect_timeout,
+                                              read_timeout=self.bill_read_timeout, max_body=self.max_bill_bytes)
+            except HttpError as exc:
+                if exc.kind == "too_large":
+                    raise self._too_big() from None
                 outcome = "unreachable"
-                raise WeChatPayUnreachable(f"bill download failed ({type(exc).__name__})",
-                                           details={"path": path, "cause": type(exc).__name__}) from exc
+                raise WeChatPayUnreachable(f"bill download failed ({exc.kind})",
+                                           details={"path": path, "cause": exc.kind}) from exc
+            status, raw = response.status, response.body
             if not 200 <= status < 300:
                 outcome = "rejected"
                 raise self._rejected(status, raw, path)

@@ -474,7 +474,7 @@ def test_prepare_under_faults(outage_stack, summary):
     # prepare's WeChat Pay client, as built for this instance, with a 1 s read timeout
     # (the constructor's read_timeout; the default 8 s would make the delay faults slow).
     wechatpay = runtime.instance("prepare").wechatpay
-    wechatpay.timeout = (wechatpay.timeout[0], READ_TIMEOUT_S)
+    wechatpay.read_timeout = READ_TIMEOUT_S
 
     intents = ([Intent(f"test-f{i % 25}", _cart(rng), None) for i in range(60)]
                + [Intent(f"test-f{i % 25}", _cart(rng), f"cart-{i}") for i in range(50)]

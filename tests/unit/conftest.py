@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.keys import make_config
+from tests.keys import full_config
 from tests.unit.fakes import FakeClock, FakeWeChatPay, HookedStore
 
 
 @pytest.fixture(scope="session")
 def config():
     """Every variable set (the keys are generated once per session)."""
-    return make_config("reconcile")
+    return full_config()
 
 
 @pytest.fixture
