@@ -3,8 +3,9 @@
     from devtools.wechatpay_simulator import Simulator        # see devtools/simulator/
 
     python -m devtools.wechatpay_simulator serve --host 127.0.0.1 --port 8090 \\
-        --keys-dir .local/keys --retry-factor 0.01
+        --keys-dir .local/keys --retry-factor 0.01 [--key-mode public_key|certificate|switch]
         prints `export NAME='value'` lines for the functions, then serves until Ctrl-C
+        (--key-mode: how it signs, and the matching variables; default public_key)
     python -m devtools.wechatpay_simulator pay OTN [--drop] [--duplicates N] [--delay-ms MS]
     python -m devtools.wechatpay_simulator fail OTN
     python -m devtools.wechatpay_simulator expire OTN [--close]
@@ -12,6 +13,9 @@
     python -m devtools.wechatpay_simulator orders [OTN]
     python -m devtools.wechatpay_simulator deliveries [--out-trade-no OTN]
     python -m devtools.wechatpay_simulator counters | reset
+    python -m devtools.wechatpay_simulator keys [--mode public_key|certificate|switch] [--rollout 0.1]
+    python -m devtools.wechatpay_simulator rotate-cert [--valid-days 1825]
+    python -m devtools.wechatpay_simulator retire-cert SERIAL
 The control commands talk to a running simulator: `--url` (default $SIM_URL, else
 http://127.0.0.1:8090).
 """
@@ -30,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from devtools.sim_keys import KEY_MODES
 from devtools.simulator import (
     RETRY_SCHEDULE_S,
     SimError,
@@ -67,9 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
     keys = load_or_create(Path(args.keys_dir))
     simulator = Simulator(keys, retry_factor=args.retry_factor, auto_refund_ms=args.auto_refund_ms)
     simulator.start(args.host, args.port)
+    simulator.set_key_mode(args.key_mode)
     print(f"# WeChat Pay simulator on {simulator.url} (control API under {simulator.url}/_sim/)")
+    print(f"# Key mode: {args.key_mode} (a reset goes back to public_key)")
     print("# Environment for the functions:")
-    print(shell_exports(keys.function_environ(simulator.url, args.notify_url, args.mongodb_uri)), flush=True)
+    environ = keys.function_environ(simulator.url, args.notify_url, args.mongodb_uri, key_mode=args.key_mode)
+    print(shell_exports(environ), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -123,6 +131,17 @@ def _run_control(args: argparse.Namespace):
         return _control(args.url, "GET", "/_sim/counters")
     if command == "reset":
         return _control(args.url, "POST", "/_sim/reset", {})
+    if command == "keys":
+        if args.mode is None:
+            if args.rollout is not None:
+                raise SystemExit("--rollout needs --mode switch")
+            return _control(args.url, "GET", "/_sim/keys")
+        body = {"mode": args.mode} if args.rollout is None else {"mode": args.mode, "rollout": args.rollout}
+        return _control(args.url, "POST", "/_sim/keys", body)
+    if command == "rotate-cert":
+        return _control(args.url, "POST", "/_sim/keys/rotate", {"valid_days": args.valid_days})
+    if command == "retire-cert":
+        return _control(args.url, "POST", "/_sim/keys/retire", {"serial": args.serial})
     raise SystemExit(f"unknown command {command}")
 
 
@@ -142,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--notify-url", default="http://127.0.0.1:8080/callback",
                        help="WECHATPAY_NOTIFY_URL printed for the functions")
     serve.add_argument("--mongodb-uri", default="mongodb://127.0.0.1:27017", help="MONGODB_URI printed")
+    serve.add_argument("--key-mode", default="public_key", choices=list(KEY_MODES),
+                       help="sign with the public key, a platform certificate, or both (the switch)")
     serve.add_argument("--verbose", action="store_true", help="log requests and deliveries")
 
     def control(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -166,6 +187,12 @@ def _parser() -> argparse.ArgumentParser:
     control("deliveries", "notification attempts").add_argument("--out-trade-no")
     control("counters", "request counters")
     control("reset", "forget everything but the keys")
+    keys = control("keys", "the key mode and platform certificates; --mode changes the mode")
+    keys.add_argument("--mode", choices=list(KEY_MODES))
+    keys.add_argument("--rollout", type=float, help="switch mode: the public key's share, 0.0..1.0")
+    rotate = control("rotate-cert", "issue a new signing platform certificate")
+    rotate.add_argument("--valid-days", type=int, default=1825)
+    control("retire-cert", "remove a platform certificate").add_argument("serial")
     return parser
 
 

@@ -10,19 +10,24 @@ Load them as a plugin where needed:
 - `notify_receiver`: a threaded HTTP server recording every request; it answers the
   statuses given to `respond_with(...)` in arrival order, then `then` (default 204).
   `make_receiver()` makes more of them.
+- `sim_merchant`: the merchant's side over HTTP (`SimMerchant`): merchant-signed /v3/
+  calls (`call`, `prepay`, `query`) and the control API (`control`), on `simulator`.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from devtools.sim_keys import ephemeral
 from devtools.wechatpay_simulator import Simulator
+from shared.wechatpay import signing
 
 SIM_RETRY_FACTOR = 0.001
 
@@ -46,6 +51,49 @@ def simulator(sim_session):
     sim_session.reset()
 
 
+class SimMerchant:
+    """The merchant talking to the simulator over HTTP: signed /v3/ calls and the control API."""
+
+    OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+
+    def __init__(self, keys, sim):
+        self.keys = keys
+        self.sim = sim
+        self.http = requests.Session()
+
+    def call(self, method: str, target: str, body: object = None, *, signed: bool = True) -> requests.Response:
+        """A /v3/ request signed with the merchant key (body: a dict sent as JSON, or bytes)."""
+        data = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if signed:
+            headers["Authorization"] = signing.authorization_header(
+                self.keys.mchid, self.keys.merchant_serial, self.keys.merchant_private_key, method, target, data,
+                str(int(time.time())), signing.nonce())
+        return self.http.request(method, self.sim.url + target, data=data, headers=headers, timeout=10)
+
+    def prepay(self, out_trade_no: str, total: int = 1990, notify_url: str = "http://127.0.0.1:9/notify",
+               **extra) -> requests.Response:
+        body = {"appid": self.keys.appid, "mchid": self.keys.mchid, "description": "Oolong tea 250g",
+                "out_trade_no": out_trade_no, "notify_url": notify_url, "amount": {"total": total, "currency": "CNY"},
+                "payer": {"openid": self.OPENID}, **extra}
+        response = self.call("POST", "/v3/pay/transactions/jsapi", body)
+        assert response.status_code == 200, response.text
+        return response
+
+    def query(self, out_trade_no: str) -> requests.Response:
+        return self.call("GET", f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={self.keys.mchid}")
+
+    def control(self, method: str, path: str, body: object = None) -> requests.Response:
+        return self.http.request(method, self.sim.url + path, json=body, timeout=30)
+
+
+@pytest.fixture
+def sim_merchant(sim_keys, simulator):
+    merchant = SimMerchant(sim_keys, simulator)
+    yield merchant
+    merchant.http.close()
+
+
 @dataclass
 class Received:
     method: str
@@ -56,6 +104,13 @@ class Received:
     status: int               # what the receiver answered
 
 
+class _ReceiverServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # The simulator sends up to 100 copies at once: the default listen backlog (5) would
+    # reset some of those connections before they are accepted.
+    request_queue_size = 128
+
+
 class NotifyReceiver:
     """Records requests; answers scripted statuses (a merchant's notify_url)."""
 
@@ -64,8 +119,7 @@ class NotifyReceiver:
         self._script: list[int] = []
         self._then = 204
         self.requests: list[Received] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _ReceiverServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 

@@ -126,7 +126,7 @@ def test_load_or_create_writes_private_files_and_reuses_them(tmp_path):
     first = load_or_create(folder)
     files = sorted(p.name for p in folder.iterdir())
     assert files == sorted(["apiclient_key.pem", "apiclient_pub.pem", "wechatpay_platform_key.pem", "pub_key.pem",
-                            "sim_keys.json"])
+                            "wechatpay_platform_cert.pem", "sim_keys.json"])
     for path in folder.iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert folder.stat().st_mode & 0o777 == 0o700
@@ -304,7 +304,7 @@ def test_trade_bill_download_matches_its_hash_and_format(sim_keys, simulator):
 
     text = csv.decode("utf-8")
     assert text.startswith("交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,"
-                           "交易状态,付款银行,货币种类,应结订单总金额,代金券金额,微信退款单号,商户退款单号,退款金额,"
+                           "交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,"
                            "充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注")
     assert "\n总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额" in text
     assert "`19.90," in text and "`0.01," in text
@@ -313,7 +313,7 @@ def test_trade_bill_download_matches_its_hash_and_format(sim_keys, simulator):
     assert [row["商户订单号"] for row in bill.rows] == ["T20240501002", "T20240501001"]   # time order
     first = bill.rows[1]
     assert first["交易时间"] == f"{day} 12:00:00" and first["交易状态"] == "SUCCESS"
-    assert first["应结订单总金额"] == "19.90" and first["订单金额"] == "19.90"
+    assert first["应结订单金额"] == "19.90" and first["订单金额"] == "19.90"
     assert first["公众账号ID"] == sim_keys.appid and first["商户号"] == sim_keys.mchid
     assert first["微信订单号"] == simulator.order("T20240501001")["transaction_id"]
     assert first["用户标识"] == OPENID and first["商品名称"] == "Oolong tea 250g"
@@ -321,7 +321,7 @@ def test_trade_bill_download_matches_its_hash_and_format(sim_keys, simulator):
     assert bill.summary == {"总交易单数": "2", "应结订单总金额": "19.91", "退款总金额": "0.00",
                             "充值券退款总金额": "0.00", "手续费总金额": "0.12000", "订单总金额": "19.91",
                             "申请退款总金额": "0.00"}
-    assert sum(yuan_to_fen(row["应结订单总金额"]) for row in bill.rows) == yuan_to_fen(bill.summary["应结订单总金额"])
+    assert sum(yuan_to_fen(row["应结订单金额"]) for row in bill.rows) == yuan_to_fen(bill.summary["应结订单总金额"])
 
 
 def test_bill_overrides_and_refund_rows(sim_keys, simulator):
@@ -336,7 +336,7 @@ def test_bill_overrides_and_refund_rows(sim_keys, simulator):
     served = control(simulator, "GET", f"/_sim/bill?bill_date={day}")
     assert served.status_code == 200 and served.content == csv
     bill = parse_trade_bill(csv)
-    assert {row["商户订单号"]: row["应结订单总金额"] for row in bill.rows} == {"T20240501002": "9.99",
+    assert {row["商户订单号"]: row["应结订单金额"] for row in bill.rows} == {"T20240501002": "9.99",
                                                                               "T20240501003": "10.00"}
     # A refund that succeeded today is in today's bill, not yesterday's.
     wx.refund(out_refund_no="R1", out_trade_no="T20240501003", amount={"refund": 250, "total": 1000, "currency": "CNY"})
@@ -363,7 +363,7 @@ def test_refund_rows_in_the_bill_of_their_day(sim_keys):
     payment, refund = bill.rows
     assert payment["交易状态"] == "SUCCESS" and refund["交易状态"] == "REFUND"
     assert refund["退款金额"] == "10.00" and refund["申请退款金额"] == "10.00" and refund["商户退款单号"] == "R1"
-    assert refund["退款状态"] == "SUCCESS" and refund["手续费"] == "-0.06000" and refund["应结订单总金额"] == "0.00"
+    assert refund["退款状态"] == "SUCCESS" and refund["手续费"] == "-0.06000" and refund["应结订单金额"] == "0.00"
     assert payment["手续费"] == "0.12000"
     assert bill.summary["退款总金额"] == "10.00" and bill.summary["总交易单数"] == "2"
     assert bill.summary["手续费总金额"] == "0.06000" and bill.summary["应结订单总金额"] == "20.00"

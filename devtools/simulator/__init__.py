@@ -3,6 +3,7 @@
 Modules:
 - app.py          `Simulator`: lifecycle and the control operations (Python API)
 - server.py       the threaded HTTP server: faults, response signatures
+- signer.py       the key modes (public key, certificates, the switch): the one signer
 - wechat_api.py   /v3/... (merchant-signed) and /sns/jscode2session, /cgi-bin/token
 - control_api.py  /_sim/... routes, one per Simulator method
 - ledger.py       orders and refunds with WeChat's validation and state rules

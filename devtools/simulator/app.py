@@ -6,6 +6,11 @@
     sim.wait_idle(5)                                     # every delivery finished
     sim.stop()
 
+    sim.set_key_mode("certificate")                      # sign with a platform certificate
+    sim.set_key_mode("switch", rollout=0.1)              # 10% public key, 90% certificate
+    serial = sim.rotate_certificate()                    # a new signing certificate
+    sim.retire_certificate(old_serial); sim.keys_state()
+
 The Python methods and the /_sim/ routes (control_api.py) are the same operations.
 """
 
@@ -28,6 +33,7 @@ from devtools.simulator.faults import FaultBook
 from devtools.simulator.ledger import Ledger, Refund
 from devtools.simulator.notifier import MAX_COPIES, RETRY_SCHEDULE_S, Notifier
 from devtools.simulator.server import SimHTTPServer
+from devtools.simulator.signer import Signer
 from devtools.simulator.timeutil import cst_date, parse_date
 
 BILL_TYPES = ("ALL", "SUCCESS", "REFUND")
@@ -60,8 +66,9 @@ class Simulator:
         self.clock = clock
         self.ledger = Ledger(keys.appid, keys.mchid, clock)
         self._background = Background()
+        self.signer = Signer(keys, clock=clock)   # every response and notification signature goes through it
         self.notifier = Notifier(keys, clock, self._background, retry_factor=retry_factor,
-                                 max_retries=max_retries, attempt_timeout=attempt_timeout)
+                                 max_retries=max_retries, attempt_timeout=attempt_timeout, signer=self.signer)
         self._fault_book = FaultBook()
         self._defaults = {"auto_refund_ms": auto_refund_ms, "retry_factor": retry_factor}
         self.auto_refund_ms = auto_refund_ms
@@ -122,19 +129,22 @@ class Simulator:
 
     def pay(self, out_trade_no: str, *, notify: str = "send", duplicates: int = 0, delay_ms: int = 0,
             payer_total: int | None = None, success_time: str | None = None,
-            amount_override: int | None = None) -> dict:
+            amount_override: int | None = None, coupons: list[dict] | None = None) -> dict:
         """The user pays: SUCCESS, then TRANSACTION.SUCCESS to the order's notify_url.
 
         `notify="drop"` loses the notification (the merchant must query); `duplicates`
         extra copies are sent concurrently; `delay_ms` before the first attempt;
         `amount_override` puts another amount.total in the notification (mismatch tests).
+        `coupons` (`[{"type": "CASH"|"NOCASH", "amount": fen, "name": "..."}]`) pay part of
+        it: payer_total = total - their sum, and the transaction shows promotion_detail;
+        `payer_total` alone (no coupons, no promotion_detail) is the older way, not both.
         """
         _choice("notify", notify, ("send", "drop"))
         _int_in("duplicates", duplicates, 0, MAX_COPIES - 1)
         _int_in("delay_ms", delay_ms, 0, MAX_DELAY_MS)
         if amount_override is not None:
             _int_in("amount_override", amount_override, 0, 10**12)
-        order = self.ledger.pay(out_trade_no, payer_total=payer_total, success_time=success_time)
+        order = self.ledger.pay(out_trade_no, payer_total=payer_total, success_time=success_time, coupons=coupons)
         result = {"order": self.ledger.order_state(out_trade_no), "notification_id": None}
         if notify == "send":
             resource = self.ledger.transaction_view(order, amount_override=amount_override)
@@ -275,6 +285,27 @@ class Simulator:
     def clear_faults(self) -> None:
         self._fault_book.clear()
 
+    # --- platform keys: public key, certificates, the switch ----------------------------
+
+    def set_key_mode(self, mode: str, rollout: float | None = None) -> dict:
+        """Sign with the public key ("public_key"), a platform certificate ("certificate"),
+        or both ("switch": the public key with probability `rollout`, default 0.5)."""
+        return self.signer.set_mode(mode, rollout)
+
+    def rotate_certificate(self, valid_days: int = 1825) -> str:
+        """Issue a new platform certificate; it signs from now on, the older stay valid and
+        listed.  Returns its serial."""
+        return self.signer.rotate(valid_days).serial
+
+    def retire_certificate(self, serial: str) -> dict:
+        """Remove a platform certificate (never the last one)."""
+        self.signer.retire(serial)
+        return self.keys_state()
+
+    def keys_state(self) -> dict:
+        """mode, rollout, public_key_id, certificates [{serial, not_before, not_after, signing}]."""
+        return self.signer.state()
+
     def configure(self, *, auto_refund_ms: int | None = None, retry_factor: float | None = None) -> dict:
         """Complete refunds automatically after `auto_refund_ms`; compress the retry schedule."""
         if auto_refund_ms is not None:
@@ -310,8 +341,10 @@ class Simulator:
         return self._background.wait_idle(timeout)
 
     def reset(self) -> None:
-        """Forget everything but the keys: orders, refunds, deliveries, faults, counters, settings."""
+        """Forget everything but the keys: orders, refunds, deliveries, faults, counters, settings;
+        back to public-key mode with the default certificate only."""
         self._background.cancel_all()
+        self.signer.reset()
         self.ledger.reset()
         self.notifier.forget()
         self._fault_book.clear()

@@ -2,6 +2,11 @@
 
 Layout, as WeChat Pay serves it (pay.weixin.qq.com bill-download/format-trade):
 the detail header, one row per payment or refund, the summary header, one summary row.
+On a payment line 订单金额 is the order total, 代金券金额 what all coupons paid, and
+应结订单金额 the order total minus the not-pre-funded (NOCASH, 免充值) coupons
+(settlement_total_fee = total_fee minus those, pay.weixin.qq.com/doc/v2/partner/4011984209;
+a pre-funded CASH coupon is in 代金券金额 but not subtracted); the fee is on 应结订单金额.
+The summary's 应结订单总金额 and 订单总金额 are the sums of those columns.
 Every value is prefixed with a backtick (so spreadsheets keep `4200...` as text);
 amounts are yuan with two decimals (the fee with five), formatted from integer fen
 with integer arithmetic only: a float never touches money here.
@@ -22,7 +27,7 @@ from devtools.simulator.timeutil import cst_datetime_text
 
 DETAIL_HEADER = (
     "交易时间", "公众账号ID", "商户号", "特约商户号", "设备号", "微信订单号", "商户订单号", "用户标识",
-    "交易类型", "交易状态", "付款银行", "货币种类", "应结订单总金额", "代金券金额", "微信退款单号",
+    "交易类型", "交易状态", "付款银行", "货币种类", "应结订单金额", "代金券金额", "微信退款单号",
     "商户退款单号", "退款金额", "充值券退款金额", "退款类型", "退款状态", "商品名称", "商户数据包",
     "手续费", "费率", "订单金额", "申请退款金额", "费率备注",
 )
@@ -30,6 +35,8 @@ SUMMARY_HEADER = (
     "总交易单数", "应结订单总金额", "退款总金额", "充值券退款总金额", "手续费总金额", "订单总金额",
     "申请退款总金额",
 )
+# Older simulator bills (and some documentation) name the detail column 应结订单总金额.
+_LEGACY_DETAIL_HEADER = tuple("应结订单总金额" if name == "应结订单金额" else name for name in DETAIL_HEADER)
 # The usual mini-program rate, 0.60%, in hundredths of a percent (basis points).
 FEE_RATE_BP = 60
 FEE_RATE_TEXT = "0.60%"
@@ -50,11 +57,17 @@ class BillEntry:
     openid: str
     description: str
     attach: str
-    order_fen: int             # the order amount the bill reports
-    coupon_fen: int = 0        # paid by coupon rather than by the payer
+    order_fen: int             # 订单金额: the order amount the bill reports
+    coupon_fen: int = 0        # 代金券金额: paid by coupons, pre-funded or not
+    nocash_fen: int = 0        # of which not-pre-funded (NOCASH): not settled to the merchant
     refund_id: str = ""
     out_refund_no: str = ""
     refund_fen: int = 0
+
+    @property
+    def settlement_fen(self) -> int:
+        """应结订单金额 of a payment line: the order amount less NOCASH coupons."""
+        return self.order_fen - self.nocash_fen
 
 
 def format_yuan(fen: int, places: int = 2) -> str:
@@ -88,11 +101,11 @@ def fee_fen(amount_fen: int) -> int:
 
 def _row(entry: BillEntry) -> list[str]:
     payment = entry.kind == "payment"
-    fee = fee_fen(entry.order_fen) if payment else -fee_fen(entry.refund_fen)
+    fee = fee_fen(entry.settlement_fen) if payment else -fee_fen(entry.refund_fen)
     return [
         cst_datetime_text(entry.time), entry.appid, entry.mchid, "0", "", entry.transaction_id,
         entry.out_trade_no, entry.openid, "JSAPI", "SUCCESS" if payment else "REFUND", "OTHERS", "CNY",
-        format_yuan(entry.order_fen if payment else 0), format_yuan(entry.coupon_fen if payment else 0),
+        format_yuan(entry.settlement_fen if payment else 0), format_yuan(entry.coupon_fen if payment else 0),
         entry.refund_id or "0", entry.out_refund_no or "0", format_yuan(entry.refund_fen), format_yuan(0),
         "" if payment else "ORIGINAL", "" if payment else "SUCCESS", entry.description, entry.attach,
         format_yuan(fee, 5), FEE_RATE_TEXT, format_yuan(entry.order_fen if payment else 0),
@@ -103,10 +116,11 @@ def _row(entry: BillEntry) -> list[str]:
 def _summary(entries: list[BillEntry]) -> list[str]:
     payments = [e for e in entries if e.kind == "payment"]
     refunds = [e for e in entries if e.kind == "refund"]
+    settlement_total = sum(e.settlement_fen for e in payments)
     order_total = sum(e.order_fen for e in payments)
     refund_total = sum(e.refund_fen for e in refunds)
-    fees = sum(fee_fen(e.order_fen) for e in payments) - sum(fee_fen(e.refund_fen) for e in refunds)
-    return [str(len(entries)), format_yuan(order_total), format_yuan(refund_total), format_yuan(0),
+    fees = sum(fee_fen(e.settlement_fen) for e in payments) - sum(fee_fen(e.refund_fen) for e in refunds)
+    return [str(len(entries)), format_yuan(settlement_total), format_yuan(refund_total), format_yuan(0),
             format_yuan(fees, 5), format_yuan(order_total), format_yuan(refund_total)]
 
 
@@ -129,7 +143,10 @@ class TradeBill:
 
 
 def parse_trade_bill(data: bytes | str) -> TradeBill:
-    """Parse a trade bill (gzip or plain, bytes or text); ValueError when it is not one."""
+    """Parse a trade bill (gzip or plain, bytes or text); ValueError when it is not one.
+
+    Rows are keyed by DETAIL_HEADER (应结订单金额), also for a bill whose header says
+    应结订单总金额 (older simulator bills)."""
     if isinstance(data, bytes):
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
@@ -139,7 +156,7 @@ def parse_trade_bill(data: bytes | str) -> TradeBill:
         summary_at = next(i for i, line in enumerate(lines) if line and line[0] == SUMMARY_HEADER[0])
     except StopIteration:
         raise ValueError("no summary header in the bill") from None
-    if not lines or tuple(lines[0]) != DETAIL_HEADER:
+    if not lines or tuple(lines[0]) not in (DETAIL_HEADER, _LEGACY_DETAIL_HEADER):
         raise ValueError("the bill does not start with the trade bill header")
     if tuple(lines[summary_at]) != SUMMARY_HEADER or len(lines) != summary_at + 2:
         raise ValueError("the bill's summary is malformed")

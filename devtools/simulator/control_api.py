@@ -3,7 +3,8 @@
 Each route calls the `Simulator` method of the same meaning, so tests may use either.
 
     POST /_sim/orders/{otn}/pay         {"notify": "send"|"drop", "duplicates", "delay_ms",
-                                         "payer_total", "success_time", "amount_override"}
+                                         "payer_total", "success_time", "amount_override",
+                                         "coupons": [{"type": "CASH"|"NOCASH", "amount": fen, "name"}]}
     POST /_sim/orders/{otn}/fail        PAYERROR, no notification
     POST /_sim/orders/{otn}/expire      {"close": false}: past time_expire, unpayable
     GET  /_sim/orders/{otn}             GET /_sim/orders
@@ -12,12 +13,19 @@ Each route calls the `Simulator` method of the same meaning, so tests may use ei
     POST /_sim/notify                   custom notification (see Simulator.notify)
     POST /_sim/bill/overrides           {"out_trade_no", "hide", "amount", "clear"}
     GET  /_sim/bill?bill_date=&bill_type=   the CSV the bill download would serve
-    POST /_sim/faults                   GET /_sim/faults    DELETE /_sim/faults
+    POST /_sim/faults                   GET /_sim/faults    DELETE /_sim/faults   (see faults.py;
+                                        "share": 0..1, "rate_limited": true -> 429 FREQUENCY_LIMITED)
+    GET  /_sim/keys                     {"mode", "rollout", "public_key_id",
+                                         "certificates": [{"serial", "not_before", "not_after", "signing"}]}
+    POST /_sim/keys                     {"mode": "public_key"|"certificate"|"switch", "rollout": 0.0..1.0}
+    POST /_sim/keys/rotate              {"valid_days": 1825}: a new signing certificate -> {"serial", "keys"}
+    POST /_sim/keys/retire              {"serial"}: remove a certificate (never the last) -> keys state
     GET  /_sim/deliveries[?out_trade_no=]   GET /_sim/counters
     GET  /_sim/idle?timeout=            {"idle": bool}
     POST /_sim/config                   {"auto_refund_ms", "retry_factor"}
     GET  /_sim/openid?code=test-alice   the openid that test code logs in as
-    POST /_sim/reset                    forget everything but the keys
+    POST /_sim/reset                    forget everything but the keys (and back to public_key mode
+                                        with the default certificate only)
 """
 
 from __future__ import annotations
@@ -142,6 +150,36 @@ def _openid(sim: Simulator, r: HttpRequest):
     return {"openid": sim.openid_for(r.query.get("code", ""))}
 
 
+def _fields(request: HttpRequest, accepted: set[str], required: tuple[str, ...] = ()) -> dict:
+    body = _body(request)
+    unknown = set(body) - accepted
+    if unknown:
+        raise SimError(400, "BAD_REQUEST", f"unknown fields {sorted(unknown)}; accepted: {sorted(accepted)}")
+    missing = set(required) - set(body)
+    if missing:
+        raise SimError(400, "BAD_REQUEST", f"missing fields {sorted(missing)}")
+    return body
+
+
+def _keys(sim: Simulator, r: HttpRequest):
+    return sim.keys_state()
+
+
+def _set_keys(sim: Simulator, r: HttpRequest):
+    body = _fields(r, {"mode", "rollout"}, ("mode",))
+    return sim.set_key_mode(body["mode"], body.get("rollout"))
+
+
+def _rotate(sim: Simulator, r: HttpRequest):
+    body = _fields(r, {"valid_days"})
+    serial = sim.rotate_certificate(**body)
+    return {"serial": serial, "keys": sim.keys_state()}
+
+
+def _retire(sim: Simulator, r: HttpRequest):
+    return sim.retire_certificate(_fields(r, {"serial"}, ("serial",))["serial"])
+
+
 def _reset(sim: Simulator, r: HttpRequest):
     sim.reset()
     return {"reset": True}
@@ -167,6 +205,10 @@ _control.add("GET", "/_sim/counters", _counters)
 _control.add("GET", "/_sim/idle", _idle)
 _control.add("POST", "/_sim/config", _config)
 _control.add("GET", "/_sim/openid", _openid)
+_control.add("GET", "/_sim/keys", _keys)
+_control.add("POST", "/_sim/keys", _set_keys)
+_control.add("POST", "/_sim/keys/rotate", _rotate)
+_control.add("POST", "/_sim/keys/retire", _retire)
 _control.add("POST", "/_sim/reset", _reset)
 
 

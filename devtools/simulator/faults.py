@@ -5,15 +5,23 @@
     {"path": "/v3/pay/transactions/*", "delay_ms": 5000}      # client timeouts
     {"unsigned": true} / {"bad_signature": true}              # 2xx without a valid signature
     {"disconnect": true}                                      # close the connection, no answer
+    {"rate_limited": true}        # 429 {"code": "FREQUENCY_LIMITED", "message": "频率超限"}, signed
+    {"path": "/v3/pay/transactions/*", "rate_limited": true, "share": 0.3, "count": 1000}
+                                  # about 30% of the calls are limited, up to 1000 of them
 
 `path` is exact, or a prefix when it ends with `*`; no path means every WeChat path
-(never the /_sim/ control API).  `method` narrows it.  The first matching fault is
-used, and removed once its count is spent.
+(never the /_sim/ control API).  `method` narrows it.  `share` (0 < share <= 1, default
+1) is the probability that a matching call is hit; `count` is spent only by the calls
+that are hit.  The first matching fault that hits is used (a call a fault spares may
+still be hit by a later one), and removed once its count is spent.  `rate_limited` is
+shorthand for status 429 with WeChat Pay's FREQUENCY_LIMITED body (no other status or
+body with it).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 from dataclasses import asdict, dataclass
 
@@ -23,6 +31,8 @@ MAX_COUNT = 1000
 MAX_DELAY_MS = 60_000
 
 _DEFAULT_ERROR_BODY = '{"code":"SYSTEM_ERROR","message":"系统错误"}'
+RATE_LIMITED_STATUS = 429
+RATE_LIMITED_BODY = '{"code":"FREQUENCY_LIMITED","message":"频率超限"}'
 
 
 @dataclass
@@ -36,6 +46,8 @@ class Fault:
     unsigned: bool = False
     bad_signature: bool = False
     disconnect: bool = False
+    share: float = 1
+    rate_limited: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method != method:
@@ -74,11 +86,19 @@ def parse_fault(spec: dict) -> Fault:
         raise SimError(400, "BAD_FAULT", "body must be a string or a JSON object")
     if not _is_int(fault.delay_ms) or not 0 <= fault.delay_ms <= MAX_DELAY_MS:
         raise SimError(400, "BAD_FAULT", f"delay_ms must be 0..{MAX_DELAY_MS}")
-    for flag in ("unsigned", "bad_signature", "disconnect"):
+    for flag in ("unsigned", "bad_signature", "disconnect", "rate_limited"):
         if not isinstance(getattr(fault, flag), bool):
             raise SimError(400, "BAD_FAULT", f"{flag} must be true or false")
+    if isinstance(fault.share, bool) or not isinstance(fault.share, (int, float)) or not 0 < fault.share <= 1:
+        raise SimError(400, "BAD_FAULT", "share must be a number 0 < share <= 1 (the probability a call is hit)")
+    if fault.rate_limited:
+        if fault.status not in (None, RATE_LIMITED_STATUS) or fault.body is not None:
+            raise SimError(400, "BAD_FAULT", "rate_limited is status 429 with the FREQUENCY_LIMITED body: "
+                                             "give no other status or body with it")
+        fault.status, fault.body = RATE_LIMITED_STATUS, RATE_LIMITED_BODY
     if not (fault.status or fault.delay_ms or fault.unsigned or fault.bad_signature or fault.disconnect):
-        raise SimError(400, "BAD_FAULT", "a fault needs status, delay_ms, unsigned, bad_signature or disconnect")
+        raise SimError(400, "BAD_FAULT",
+                       "a fault needs status, rate_limited, delay_ms, unsigned, bad_signature or disconnect")
     return fault
 
 
@@ -87,9 +107,10 @@ def _is_int(value: object) -> bool:
 
 
 class FaultBook:
-    def __init__(self):
+    def __init__(self, rng: random.Random | None = None):
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._random = rng or random.Random()
 
     def add(self, spec: dict) -> dict:
         fault = parse_fault(spec)
@@ -98,10 +119,13 @@ class FaultBook:
         return asdict(fault)
 
     def take(self, method: str, path: str) -> Fault | None:
-        """The first fault matching this request, spending one of its count."""
+        """The first fault matching this request that hits it (probability `share`),
+        spending one of its count."""
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, path):
+                    if fault.share < 1 and self._random.random() >= fault.share:
+                        continue   # spared by this fault; its count is kept
                     fault.count -= 1
                     if fault.count == 0:
                         self._faults.remove(fault)

@@ -10,6 +10,13 @@ Choices where WeChat Pay's documentation is silent or vague:
 - `time_expire` is clamped to [now + 1 min, now + 90 days]; without it, 7 days;
 - a refund's amount stays reserved while PROCESSING or ABNORMAL, and is released
   when it CLOSES; the order's trade_state is REFUND from the first refund on.
+
+Coupons (`pay(..., coupons=[{"type": "CASH"|"NOCASH", "amount": fen, "name"}])`): the
+payer pays total - their sum (a sum above the total is refused); the transaction shows
+`promotion_detail` (scope GLOBAL, the merchant funds each coupon in full).  In the trade
+bill every coupon is in 代金券金额, and a NOCASH (免充值, not pre-funded) one also lowers
+应结订单金额; a CASH (充值, pre-funded) one does not.  The older `payer_total` (no coupons)
+leaves no promotion_detail and counts as a pre-funded coupon in the bill.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ TRADE_STATE_DESC = {
 }
 REFUND_FINAL_STATES = ("SUCCESS", "CLOSED")
 USER_RECEIVED_ACCOUNT = "支付用户零钱"
+COUPON_TYPES = ("CASH", "NOCASH")
+COUPON_NAMES = {"CASH": "充值型代金券", "NOCASH": "免充值型代金券"}
+MAX_COUPONS = 20
 
 
 @dataclass
@@ -65,6 +75,15 @@ class Order:
     success_time: float | None = None
     payer_total: int | None = None
     refund_nos: list[str] = field(default_factory=list)
+    promotion_detail: list[dict] = field(default_factory=list)   # the coupons used, as WeChat shows them
+
+    def nocash_coupon_fen(self) -> int:
+        """What not-pre-funded coupons paid: the merchant is not settled for it."""
+        return sum(c["amount"] for c in self.promotion_detail if c["type"] == "NOCASH")
+
+    def coupon_fen(self) -> int:
+        """What all coupons paid, i.e. what the payer did not (the bill's 代金券金额)."""
+        return self.total - (self.payer_total if self.payer_total is not None else self.total)
 
 
 @dataclass
@@ -223,20 +242,30 @@ class Ledger:
     # --- control actions (what the payer, the bank and time do) -----------------------
 
     def pay(self, out_trade_no: str, *, payer_total: int | None = None,
-            success_time: str | None = None) -> Order:
+            success_time: str | None = None, coupons: list[dict] | None = None) -> Order:
         now = self._clock()
         paid_at = now if success_time is None else parse_rfc3339(success_time)
         if paid_at is None:
             raise SimError(400, "BAD_REQUEST", "success_time must be RFC 3339, e.g. 2024-05-01T12:00:00+08:00")
+        if coupons is not None and payer_total is not None:
+            raise SimError(400, "BAD_REQUEST", "give coupons or payer_total, not both (coupons set payer_total)")
+        promotion_detail = _parse_coupons(coupons)
         with self._lock:
             order = self._order_or_404(out_trade_no, "ORDER_NOT_EXIST")
             self._check_payable(order, now)
             if payer_total is not None and (not _is_int(payer_total) or not 0 <= payer_total <= order.total):
                 raise SimError(400, "BAD_REQUEST", "payer_total must be an integer 0..total (fen)")
+            discount = sum(c["amount"] for c in promotion_detail)
+            if discount > order.total:
+                raise SimError(400, "BAD_REQUEST", f"the coupons ({discount} fen) exceed the order total "
+                                                   f"({order.total} fen)")
+            if promotion_detail:
+                payer_total = order.total - discount
             order.trade_state = "SUCCESS"
             order.transaction_id = _new_transaction_id(paid_at)
             order.success_time = paid_at
             order.payer_total = order.total if payer_total is None else payer_total
+            order.promotion_detail = promotion_detail
             self._transactions[order.transaction_id] = order.out_trade_no
             return order
 
@@ -316,6 +345,8 @@ class Ledger:
             amount["payer_total"] = order.payer_total
             view.update({"transaction_id": order.transaction_id, "bank_type": "OTHERS",
                          "success_time": rfc3339(order.success_time), "attach": order.attach or ""})
+            if order.promotion_detail:
+                view["promotion_detail"] = [dict(coupon) for coupon in order.promotion_detail]
         return view
 
     def refund_view(self, refund: Refund) -> dict:
@@ -393,8 +424,9 @@ class Ledger:
                 base = {"time": order.success_time, "appid": order.appid, "mchid": order.mchid,
                         "transaction_id": order.transaction_id or "", "out_trade_no": order.out_trade_no,
                         "openid": order.openid, "description": order.description, "attach": order.attach or "",
+                        # 订单金额; 代金券金额 (all coupons); 应结 = 订单金额 - the NOCASH ones
                         "order_fen": override.get("amount", order.total),
-                        "coupon_fen": order.total - (order.payer_total or 0)}
+                        "coupon_fen": order.coupon_fen(), "nocash_fen": order.nocash_coupon_fen()}
                 if bill_type in ("ALL", "SUCCESS") and cst_date(order.success_time) == day:
                     entries.append(BillEntry(kind="payment", **base))
                 if bill_type in ("ALL", "REFUND"):
@@ -528,6 +560,35 @@ def _parse_refund(body: object) -> dict:
     if request["currency"] != "CNY":
         raise param_error("amount.currency", "必须为CNY", request["currency"])
     return request
+
+
+def _parse_coupons(coupons: object) -> list[dict]:
+    """The control API's coupons as WeChat's promotion_detail entries (SimError 400 if malformed)."""
+    if coupons is None:
+        return []
+    if not isinstance(coupons, list) or len(coupons) > MAX_COUPONS:
+        raise SimError(400, "BAD_REQUEST", f"coupons must be a list of at most {MAX_COUPONS} coupons")
+    detail = []
+    for number, coupon in enumerate(coupons, start=1):
+        where = f"coupons[{number - 1}]"
+        if not isinstance(coupon, dict):
+            raise SimError(400, "BAD_REQUEST", f"{where} must be an object {{type, amount, name}}")
+        unknown = set(coupon) - {"type", "amount", "name"}
+        if unknown:
+            raise SimError(400, "BAD_REQUEST", f"{where}: unknown fields {sorted(unknown)}")
+        kind, amount, name = coupon.get("type"), coupon.get("amount"), coupon.get("name")
+        if kind not in COUPON_TYPES:
+            raise SimError(400, "BAD_REQUEST", f"{where}.type must be CASH or NOCASH")
+        if not _is_int(amount) or amount <= 0:
+            raise SimError(400, "BAD_REQUEST", f"{where}.amount must be a positive integer (fen)")
+        if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 64):
+            raise SimError(400, "BAD_REQUEST", f"{where}.name must be a string of 1..64 characters")
+        detail.append({
+            "coupon_id": _digits(11), "name": name or COUPON_NAMES[kind], "scope": "GLOBAL", "type": kind,
+            "amount": amount, "stock_id": _digits(8), "wechatpay_contribute": 0, "merchant_contribute": amount,
+            "other_contribute": 0, "currency": "CNY",
+        })
+    return detail
 
 
 def _check_query_mchid(mchid: str | None, expected: str) -> None:

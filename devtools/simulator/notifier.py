@@ -3,8 +3,11 @@
 Body: `{"id": "EV-...", "create_time", "resource_type": "encrypt-resource", "event_type",
 "summary", "resource": {"original_type", "algorithm": "AEAD_AES_256_GCM", "ciphertext",
 "associated_data", "nonce"}}`, the resource encrypted with the APIv3 key.  Headers:
-`Wechatpay-Timestamp/-Nonce/-Signature/-Serial/-Signature-Type`, the signature by the
-platform key over `timestamp\\nnonce\\nbody\\n` (signed afresh for every attempt).
+`Wechatpay-Timestamp/-Nonce/-Signature/-Serial/-Signature-Type`, the signature over
+`timestamp\\nnonce\\nbody\\n`, signed afresh for every attempt with the key the key mode
+chooses (signer.py: the public key, PUB_KEY_ID_..., or a platform certificate, whose
+serial is then Wechatpay-Serial; in switch mode each attempt draws again).  The
+deliveries log records the `serial` that signed each attempt.
 
 Retries: after a non-2xx answer or a connection error, WeChat Pay tries again after
 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h ("24h4m in total").  Each interval
@@ -30,6 +33,7 @@ from urllib.parse import urlsplit
 
 from devtools.simulator.background import Background
 from devtools.simulator.errors import SimError
+from devtools.simulator.signer import Signer, SigningKey
 from devtools.simulator.timeutil import rfc3339
 from shared.wechatpay import signing
 
@@ -49,7 +53,6 @@ SUMMARIES = {
     "REFUND.ABNORMAL": "退款异常",
     "REFUND.CLOSED": "退款关闭",
 }
-_UNKNOWN_SERIAL = "PUB_KEY_ID_0000000000000000000000000000000000"
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,13 @@ class Notification:
 class Notifier:
     def __init__(self, keys, clock: Callable[[], float], background: Background, *,
                  retry_factor: float = 1.0, max_retries: int = len(RETRY_SCHEDULE_S),
-                 attempt_timeout: float = ATTEMPT_TIMEOUT_S):
+                 attempt_timeout: float = ATTEMPT_TIMEOUT_S, signer: Signer | None = None):
         if retry_factor < 0:
             raise ValueError("retry_factor must be >= 0")
         if not 0 <= max_retries <= len(RETRY_SCHEDULE_S):
             raise ValueError(f"max_retries must be 0..{len(RETRY_SCHEDULE_S)}")
         self._keys = keys
+        self._signer = signer or Signer(keys)
         self._clock = clock
         self._background = background
         self.retry_factor = retry_factor
@@ -131,6 +135,11 @@ class Notifier:
 
     def headers(self, notification: Notification) -> dict[str, str]:
         """The headers of one attempt, signed now (or broken as the notification asks)."""
+        return self._signed_headers(notification)[0]
+
+    def _signed_headers(self, notification: Notification) -> tuple[dict[str, str], SigningKey]:
+        """(headers, the key that signed them); with tamper "serial" the header names an
+        unknown key of the same kind."""
         timestamp = int(self._clock())
         if notification.tamper == "timestamp_old":
             timestamp -= SKEW_S
@@ -138,10 +147,11 @@ class Notifier:
             timestamp += SKEW_S
         ts, nonce_str = str(timestamp), signing.nonce(32)
         signed = notification.body + (b" " if notification.tamper == "signature" else b"")
-        signature = signing.rsa_sign(self._keys.platform_private_key, signing.response_message(ts, nonce_str, signed))
+        key = self._signer.choose()
+        signature = self._signer.sign(key, signing.response_message(ts, nonce_str, signed))
         if notification.probe:
             signature = signing.PROBE_PREFIX + base64.b64encode(secrets.token_bytes(48)).decode("ascii")
-        serial = _UNKNOWN_SERIAL if notification.tamper == "serial" else self._keys.platform_public_key_id
+        serial = key.unknown_serial if notification.tamper == "serial" else key.serial
         return {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
@@ -150,7 +160,7 @@ class Notifier:
             "Wechatpay-Timestamp": ts,
             "Wechatpay-Serial": serial,
             "Wechatpay-Signature-Type": signing.SCHEMA,
-        }
+        }, key
 
     # --- delivering -------------------------------------------------------------------
 
@@ -194,7 +204,7 @@ class Notifier:
 
     def _attempt(self, notification: Notification, copy_no: int, attempt: int,
                  cancelled: threading.Event) -> dict:
-        headers = self.headers(notification)
+        headers, key = self._signed_headers(notification)
         started = time.monotonic()
         status, error, answer = _post(notification.url, headers, notification.wire_body, self.attempt_timeout)
         record = {
@@ -204,6 +214,7 @@ class Notifier:
             "response": answer[:200].decode("utf-8", "replace"), "time": self._clock(),
             "elapsed_ms": int((time.monotonic() - started) * 1000),
             "probe": notification.probe, "tamper": notification.tamper,
+            "serial": key.serial, "sent_serial": headers["Wechatpay-Serial"],
         }
         if not cancelled.is_set():   # a reset forgot this delivery: do not log it into the new state
             with self._lock:

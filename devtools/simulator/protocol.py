@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Any
 from urllib.parse import unquote
 
 from devtools.simulator.errors import SimError
@@ -44,6 +45,7 @@ class Reply:
     content_type: str | None = JSON_TYPE
     signed: bool = False    # WeChat Pay signs it with the platform key
     headers: dict[str, str] = field(default_factory=dict)
+    sign_with: Any = None   # a signer.SigningKey that must sign it; None: the key mode chooses
 
 
 def json_reply(status: int, payload: object, *, signed: bool = False) -> Reply:

@@ -1,6 +1,8 @@
 """The simulator's HTTP server: read a request, apply injected faults, answer, sign.
 
-Threaded (stdlib ThreadingHTTPServer), HTTP/1.1 keep-alive like the real API.
+Threaded (stdlib ThreadingHTTPServer), HTTP/1.1 keep-alive like the real API.  Every
+signed answer is signed with the key the simulator's signer (signer.py) picks for the
+current key mode: the public key (PUB_KEY_ID_...) or a platform certificate.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from devtools.simulator import control_api, wechat_api
 from devtools.simulator.errors import SimError
 from devtools.simulator.faults import Fault
 from devtools.simulator.protocol import HttpRequest, Reply, error_reply
+from devtools.simulator.signer import SigningKey
 from shared.wechatpay import signing
 
 if TYPE_CHECKING:
@@ -125,7 +128,8 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         if reply.signed:
             headers["Request-ID"] = secrets.token_hex(16)
             if not (fault and fault.unsigned):
-                headers.update(_signature_headers(sim, reply.body, broken=bool(fault and fault.bad_signature)))
+                headers.update(_signature_headers(sim, reply.body, broken=bool(fault and fault.bad_signature),
+                                                  key=reply.sign_with))
         self.send_response(reply.status)
         if reply.content_type and reply.status != 204:
             self.send_header("Content-Type", reply.content_type)
@@ -140,16 +144,17 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
 
-def _signature_headers(sim: Simulator, body: bytes, *, broken: bool) -> dict[str, str]:
-    """WeChat Pay's response signature: platform key over `timestamp\\nnonce\\nbody\\n`."""
+def _signature_headers(sim: Simulator, body: bytes, *, broken: bool, key: SigningKey | None = None) -> dict[str, str]:
+    """WeChat Pay's response signature over `timestamp\\nnonce\\nbody\\n`, by `key` or
+    else the key the key mode chooses; Wechatpay-Serial names that key."""
+    key = key or sim.signer.choose()
     timestamp, nonce_str = str(int(sim.clock())), signing.nonce(32)
     signed_body = body + b"tampered" if broken else body
-    signature = signing.rsa_sign(sim.keys.platform_private_key,
-                                 signing.response_message(timestamp, nonce_str, signed_body))
+    signature = sim.signer.sign(key, signing.response_message(timestamp, nonce_str, signed_body))
     return {
         "Wechatpay-Nonce": nonce_str,
         "Wechatpay-Signature": signature,
         "Wechatpay-Timestamp": timestamp,
-        "Wechatpay-Serial": sim.keys.platform_public_key_id,
+        "Wechatpay-Serial": key.serial,
         "Wechatpay-Signature-Type": signing.SCHEMA,
     }

@@ -1,8 +1,16 @@
 """The WeChat Pay APIv3 endpoints (api.mch.weixin.qq.com) and the login endpoint (api.weixin.qq.com).
 
 Every /v3/ request must carry a valid merchant Authorization (else 401 SIGN_ERROR);
-every /v3/ answer is signed with the platform key, errors and 204s included, except
-the bill file download (unsigned, as WeChat Pay serves it).
+every /v3/ answer is signed with the key the key mode chooses (signer.py), errors and
+204s included, except the bill file download (unsigned, as WeChat Pay serves it).
+
+`GET /v3/certificates` (the platform certificates download): in public-key mode
+`404 RESOURCE_NOT_EXISTS` (such a merchant has no certificate); in certificate and
+switch modes `200 {"data": [{"serial_no", "effective_time", "expire_time",
+"encrypt_certificate": {"algorithm": "AEAD_AES_256_GCM", "nonce", "associated_data":
+"certificate", "ciphertext"}}]}`, every certificate held, the PEM encrypted with the
+APIv3 key; the answer is always signed by the signing certificate (its serial in
+Wechatpay-Serial), even in switch mode.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from typing import TYPE_CHECKING
 from devtools.simulator import miniprogram
 from devtools.simulator.errors import SimError, param_error
 from devtools.simulator.protocol import HttpRequest, Reply, Router, error_reply, json_reply
+from devtools.simulator.timeutil import rfc3339
 from shared.wechatpay import signing
 
 if TYPE_CHECKING:
@@ -97,8 +106,27 @@ def _download_bill(sim: Simulator, request: HttpRequest) -> Reply:
 
 
 def _certificates(sim: Simulator, request: HttpRequest) -> Reply:
-    # A merchant in public-key mode has no platform certificate (wechatpay-java#354).
-    raise SimError(404, "RESOURCE_NOT_EXISTS", "无可用的平台证书，请在商户平台-API安全申请使用微信支付公钥")
+    if sim.signer.mode == "public_key":
+        # A merchant in public-key mode has no platform certificate (wechatpay-java#354).
+        raise SimError(404, "RESOURCE_NOT_EXISTS", "无可用的平台证书，请在商户平台-API安全申请使用微信支付公钥")
+    certificates, signing_key = sim.signer.snapshot()
+    apiv3_key = sim.keys.apiv3_key.encode("ascii")
+    data = []
+    for certificate in certificates:
+        nonce_str = signing.nonce(12)
+        data.append({
+            "serial_no": certificate.serial,
+            "effective_time": rfc3339(certificate.not_before),
+            "expire_time": rfc3339(certificate.not_after),
+            "encrypt_certificate": {
+                "algorithm": "AEAD_AES_256_GCM", "nonce": nonce_str, "associated_data": "certificate",
+                "ciphertext": signing.aes_gcm_encrypt(apiv3_key, nonce_str, "certificate",
+                                                      certificate.certificate_pem.encode("ascii")),
+            },
+        })
+    reply = json_reply(200, {"data": data}, signed=True)
+    reply.sign_with = signing_key   # signed with one of the certificates it lists
+    return reply
 
 
 _v3 = Router()
