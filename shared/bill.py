@@ -72,8 +72,9 @@ class TradeBillRow:
     openid: str
     trade_type: str
     trade_state: str          # SUCCESS for a payment line, REFUND for a refund line, ...
-    total_fee: int            # 应结订单金额: settled amount (0.00 on refund lines)
-    coupon_fee: int           # 代金券金额
+    total_fee: int            # 应结订单金额: settled amount, order amount minus not-pre-funded
+                              # coupons (0.00 on refund lines); 总金额 in the oldest format
+    coupon_fee: int           # 代金券金额: every coupon, pre-funded or not
     refund_id: str            # "0" on payment lines, as WeChat prints it
     out_refund_no: str
     refund_fee: int           # 退款金额
@@ -81,7 +82,9 @@ class TradeBillRow:
     description: str          # 商品名称
     attach: str               # 商户数据包
     fee: int                  # 手续费 (negative on refund lines: fee given back)
-    order_amount: int         # 订单金额
+    order_amount: int         # 订单金额: the order's total, coupons included (0 if absent)
+    coupon_refund_fee: int = 0   # 充值券退款金额
+    refund_request_fee: int = 0  # 申请退款金额
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,13 @@ class TradeBillSummary:
 class TradeBill:
     rows: tuple[TradeBillRow, ...]
     summary: TradeBillSummary
+    columns: frozenset[str] = frozenset()  # the row fields this bill's header has
+
+    @property
+    def has_order_amount(self) -> bool:
+        """The current format: 应结订单金额 (settled) and 订单金额 (the order's total)
+        apart.  The oldest has only 总金额, the order's total."""
+        return "order_amount" in self.columns
 
 
 # field -> (header names, oldest last; kind).  Kinds: "text", "fen" (2 decimals), "fee"
@@ -115,7 +125,7 @@ _ROW_COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
     # Real bills say 应结订单金额 in the detail header (应结订单总金额 is the summary's);
     # both are accepted, and 总金额 from the oldest format.
     "total_fee": (("应结订单金额", "应结订单总金额", "总金额"), "fen"),
-    "coupon_fee": (("代金券金额", "代金券或立减优惠金额"), "fen"),
+    "coupon_fee": (("代金券金额", "代金券或立减优惠金额", "企业红包金额"), "fen"),
     "refund_id": (("微信退款单号",), "text"),
     "out_refund_no": (("商户退款单号",), "text"),
     "refund_fee": (("退款金额",), "fen"),
@@ -124,8 +134,16 @@ _ROW_COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
     "attach": (("商户数据包",), "text"),
     "fee": (("手续费",), "fee"),
     "order_amount": (("订单金额",), "fen"),
+    "coupon_refund_fee": (("充值券退款金额", "代金券或立减优惠退款金额", "企业红包退款金额"), "fen"),
+    "refund_request_fee": (("申请退款金额",), "fen"),
 }
 _ROW_REQUIRED = ("trade_time", "transaction_id", "out_trade_no", "trade_state", "total_fee")
+# Documented columns that carry no money (费率 is a rate), read by no one here.
+_IGNORED_COLUMNS = frozenset({"特约商户号", "子商户号", "设备号", "付款银行", "货币种类", "退款类型", "费率",
+                              "费率备注", "退款申请时间", "退款成功时间"})
+# A column we do not know is ignored, unless its name says money: then we would be
+# reconciling a bill whose money we do not understand, so it is refused.
+_MONEY_WORDS = ("金额", "费", "额")
 
 _SUMMARY_COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
     "count": (("总交易单数", "总交易单"), "count"),
@@ -181,6 +199,11 @@ def _values(line: str, number: int, width: int) -> list[str]:
 
 
 def _indexes(header: list[str], columns: dict, required: tuple[str, ...], what: str) -> dict[str, int]:
+    known = {name for names, _ in columns.values() for name in names} | _IGNORED_COLUMNS
+    unknown_money = [name for name in header if name not in known and any(word in name for word in _MONEY_WORDS)]
+    if unknown_money:
+        raise BillFormatError(f"bill {what} header has money columns we do not know: {', '.join(unknown_money)[:200]}",
+                              details={"unknown": unknown_money[:10]})
     found: dict[str, int] = {}
     for field, (names, _) in columns.items():
         for name in names:
@@ -203,10 +226,12 @@ def _record(values: list[str], header: list[str], indexes: dict[str, int], colum
         if kind == "text":
             record[field] = value
         elif kind == "count":
-            if not (value.isascii() and value.isdigit()):
+            # A whole number; "45.0" too (the official PHP SDK's sample bill prints one so).
+            whole, dot, zeros = value.partition(".")
+            if not (whole.isascii() and whole.isdigit()) or (dot and (not zeros or zeros.strip("0"))):
                 raise BillFormatError(f"bill line {number}: {name} is not a count",
                                       details={"line": number, "column": name})
-            record[field] = int(value)
+            record[field] = int(whole)
         elif value == "" and field != "total_fee":
             record[field] = 0  # an empty optional amount
         else:
@@ -262,10 +287,12 @@ def parse_trade_bill(data: bytes) -> TradeBill:
     checks = [("total_fee", "应结订单总金额")]
     if "refund_fee" in summary_indexes and "refund_fee" in indexes:
         checks.append(("refund_fee", "退款总金额"))
+    if "order_amount" in summary_indexes and "order_amount" in indexes:
+        checks.append(("order_amount", "订单总金额"))
     for field, name in checks:
         total = sum(getattr(row, field) for row in rows)
         if total != getattr(summary, field):
             raise BillFormatError(f"bill summary {name} {fen_to_yuan(getattr(summary, field))} "
                                   f"differs from the rows' sum {fen_to_yuan(total)}",
                                   details={"column": name, "summary": getattr(summary, field), "rows": total})
-    return TradeBill(tuple(rows), summary)
+    return TradeBill(tuple(rows), summary, frozenset(indexes))

@@ -23,24 +23,30 @@ from shared.errors import ConfigError
 # private key, even where one is set.
 _WECHATPAY_CALLER = (
     "WECHATPAY_MCHID", "WECHAT_APPID", "WECHATPAY_PRIVATE_KEY", "WECHATPAY_CERT_SERIAL_NO",
-    "WECHATPAY_PUBLIC_KEY", "WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_NOTIFY_URL",
+    "WECHATPAY_NOTIFY_URL",
 )
+# WeChat Pay's own keys: the public key (with its id), platform certificates, or both
+# (see `_check_wechatpay_keys`); the APIv3 key is optional unless certificates are downloaded.
+_WECHATPAY_KEYS = ("WECHATPAY_PUBLIC_KEY", "WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_PLATFORM_CERTS")
 REQUIRED_BY_ROLE: dict[str, tuple[str, ...]] = {
     # The store alone (tests, admin scripts).
     "store": ("MONGODB_URI",),
     "prepare": ("MONGODB_URI", "WECHAT_APPSECRET", "ORDER_TOKEN_SECRET") + _WECHATPAY_CALLER,
-    "callback": ("MONGODB_URI", "WECHATPAY_MCHID", "WECHAT_APPID", "WECHATPAY_APIV3_KEY",
-                 "WECHATPAY_PUBLIC_KEY", "WECHATPAY_PUBLIC_KEY_ID"),
+    "callback": ("MONGODB_URI", "WECHATPAY_MCHID", "WECHAT_APPID", "WECHATPAY_APIV3_KEY"),
     "reconcile": ("MONGODB_URI",) + _WECHATPAY_CALLER,
 }
 _EVERY_ROLE = ("MONGODB_DB", "WECHATPAY_API_VERSION")
+_API = ("WECHATPAY_API_BASE", "WECHATPAY_API_BASE_BACKUP", "WECHATPAY_APIV3_KEY")
 # Optional variables each role reads, besides its required ones.
 OPTIONAL_BY_ROLE: dict[str, tuple[str, ...]] = {
     "store": _EVERY_ROLE,
-    "prepare": _EVERY_ROLE + ("WECHATPAY_API_BASE", "WECHAT_API_BASE", "ORDER_TTL_SECONDS", "ORDER_MAX_TOTAL_FEE"),
-    "callback": _EVERY_ROLE,
-    "reconcile": _EVERY_ROLE + ("WECHATPAY_API_BASE",),
+    "prepare": _EVERY_ROLE + _WECHATPAY_KEYS + _API + ("WECHAT_API_BASE", "ORDER_TTL_SECONDS",
+                                                        "ORDER_MAX_TOTAL_FEE"),
+    "callback": _EVERY_ROLE + _WECHATPAY_KEYS,
+    "reconcile": _EVERY_ROLE + _WECHATPAY_KEYS + _API,
 }
+# The roles that verify what WeChat Pay signs.
+_VERIFYING_ROLES = ("prepare", "callback", "reconcile")
 
 # Never shown by repr() or in logs.
 SECRET_FIELDS = frozenset({
@@ -49,6 +55,8 @@ SECRET_FIELDS = frozenset({
 })
 
 DEFAULT_WECHATPAY_API_BASE = "https://api.mch.weixin.qq.com"
+# WeChat Pay's backup domain (cross-city disaster recovery), as its API pages list it.
+DEFAULT_WECHATPAY_API_BASE_BACKUP = "https://api2.mch.weixin.qq.com"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 DEFAULT_ORDER_TTL_SECONDS = 1800
 # 20,000 yuan: a mini-shop default; raise it with ORDER_MAX_TOTAL_FEE.
@@ -74,8 +82,11 @@ class Config:
     wechatpay_apiv3_key: bytes | None = None  # exactly 32 bytes
     wechatpay_public_key: Any = None         # cryptography RSAPublicKey
     wechatpay_public_key_id: str | None = None
+    # Platform certificates given as PEM (PlatformCertificate), or the word "download".
+    wechatpay_platform_certs: Any = None
     wechatpay_notify_url: str | None = None
     wechatpay_api_base: str = DEFAULT_WECHATPAY_API_BASE
+    wechatpay_api_base_backup: str = DEFAULT_WECHATPAY_API_BASE_BACKUP
     wechat_api_base: str = DEFAULT_WECHAT_API_BASE
     order_token_secret: bytes | None = None
     order_ttl_seconds: int = DEFAULT_ORDER_TTL_SECONDS
@@ -176,6 +187,19 @@ def _public_key(name: str, raw: str):
     return key
 
 
+def _platform_certs(name: str, raw: str):
+    value = raw.strip()
+    if value.lower() == "download":
+        return "download"
+    from shared.wechatpay.keys import load_certificates
+
+    try:
+        return tuple(load_certificates(_pem_text(name, value, "CERTIFICATE")))
+    except ValueError as exc:
+        raise ConfigError(name, "must be `download` or the PEM text of one or more platform "
+                                "certificates (RSA, 2048 bits or more)") from exc
+
+
 def _apiv3_key(name: str, raw: str) -> bytes:
     key = raw.encode("utf-8")
     if len(key) != 32:
@@ -263,7 +287,9 @@ _VARIABLES: dict[str, tuple[str | None, Any]] = {
     "WECHATPAY_PUBLIC_KEY_ID": ("wechatpay_public_key_id",
                                 _pattern(_PUBKEY_ID_RE, "public key id (PUB_KEY_ID_...)")),
     "WECHATPAY_NOTIFY_URL": ("wechatpay_notify_url", _notify_url),
+    "WECHATPAY_PLATFORM_CERTS": ("wechatpay_platform_certs", _platform_certs),
     "WECHATPAY_API_BASE": ("wechatpay_api_base", _base_url),
+    "WECHATPAY_API_BASE_BACKUP": ("wechatpay_api_base_backup", _base_url),
     "WECHAT_API_BASE": ("wechat_api_base", _base_url),
     "ORDER_TOKEN_SECRET": ("order_token_secret", _secret_bytes),
     # WeChat Pay clamps time_expire to [1 min, 90 days].
@@ -293,4 +319,23 @@ def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
         value = parse(variable, raw)
         if field_name is not None:
             values[field_name] = value
+    if role in _VERIFYING_ROLES:
+        _check_wechatpay_keys(values)
     return Config(**values)
+
+
+def _check_wechatpay_keys(values: dict) -> None:
+    """At least one way to verify WeChat Pay: the public key and its id together, and/or
+    platform certificates; downloading certificates needs the APIv3 key to decrypt them."""
+    has_key, has_id = "wechatpay_public_key" in values, "wechatpay_public_key_id" in values
+    if has_key != has_id:
+        missing = "WECHATPAY_PUBLIC_KEY_ID" if has_key else "WECHATPAY_PUBLIC_KEY"
+        raise ConfigError(missing, "is required with its pair (the WeChat Pay public key and its "
+                                   "PUB_KEY_ID_... go together)")
+    certificates = values.get("wechatpay_platform_certs")
+    if not has_key and not certificates:
+        raise ConfigError("WECHATPAY_PUBLIC_KEY", "is required but not set (or set WECHATPAY_PLATFORM_CERTS "
+                                                  "for platform certificates)")
+    if certificates == "download" and "wechatpay_apiv3_key" not in values:
+        raise ConfigError("WECHATPAY_APIV3_KEY", "is required with WECHATPAY_PLATFORM_CERTS=download "
+                                                 "(the certificates are encrypted with it)")

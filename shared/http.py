@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shared.deadline import earliest
+
 IDLE_SECONDS = 30.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_READ_TIMEOUT = 8.0
@@ -140,7 +142,9 @@ class HttpClient:
                 read_timeout: float = DEFAULT_READ_TIMEOUT, deadline: float | None = None,
                 max_body: int | None = None) -> HttpResponse:
         """Send one request and read the whole answer.  `deadline` (a `time.monotonic()`
-        value) bounds everything; past it the call fails with kind "timeout"."""
+        value) bounds everything, as does the invocation's (`shared.deadline`); past it
+        the call fails with kind "timeout"."""
+        deadline = earliest(deadline)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("url must be an absolute http(s) URL")

@@ -31,10 +31,13 @@ class NotificationService:
     """`store` may be a callable returning the store: it is then first built after a
     notification verified, so forgeries never open a database connection."""
 
-    def __init__(self, config, store, clock=time.time):
+    def __init__(self, config, store, clock=time.time, keys=None):
+        from shared.wechatpay.keys import key_set_from_config
+
         self.config = config
         self._store = store
         self.clock = clock
+        self.keys = keys if keys is not None else key_set_from_config(config)
 
     @property
     def store(self):
@@ -44,10 +47,8 @@ class NotificationService:
 
     def handle(self, headers: dict, body: bytes) -> tuple[int, None]:
         started = time.monotonic()
-        notification = verify_notification(
-            headers, body, public_key=self.config.wechatpay_public_key,
-            public_key_id=self.config.wechatpay_public_key_id,
-            apiv3_key=self.config.wechatpay_apiv3_key, now=self.clock())
+        notification = verify_notification(headers, body, keys=self.keys, apiv3_key=self.config.wechatpay_apiv3_key,
+                                           now=self.clock())
         event_type = notification.get("event_type")
         resource = notification["resource"]
         if not isinstance(resource, dict):

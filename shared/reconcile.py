@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from shared import deadline as invocation
 from shared import order_states
 from shared.errors import CloudPayError, IllegalTransition, WeChatPayRejected
 from shared.log import log, where
@@ -42,6 +43,12 @@ class Deadline:
             limit = context["time_limit_in_ms"]
         self._monotonic = monotonic
         self._end = monotonic() + max(limit - SAFETY_MS, 1_000) / 1000
+        # Outbound calls (and the WeChat Pay client's back-off) end a little later: work
+        # started just before `_end` may finish, but never past the function's timeout.
+        self.calls_end = monotonic() + max(limit - SAFETY_MS // 3, 1_000) / 1000
+        # WeChat Pay said FREQUENCY_LIMITED (after the client's own back-off): the rest of
+        # this sweep waits for the next timer instead of hammering.
+        self.rate_limited = False
 
     def expired(self) -> bool:
         return self._monotonic() >= self._end
@@ -55,11 +62,12 @@ def bill_day_bounds(bill_date: str) -> tuple[int, int]:
 
 
 class Reconciler:
-    def __init__(self, config, store, wechatpay, archive=None, *, batch: int = BATCH):
+    def __init__(self, config, store, wechatpay, archive=None, *, batch: int = BATCH, keys=None):
         self.config = config
         self.store = store
         self.wechatpay = wechatpay
         self.archive = archive
+        self.keys = keys  # WeChat Pay's KeySet: the certificates step looks after them
         self.batch = batch
         self.refunds = RefundService(config, store, wechatpay)
 
@@ -70,10 +78,13 @@ class Reconciler:
         report = {}
         steps = [("close_expired", self.close_expired), ("close_failed", self.close_failed),
                  ("recover_lost", self.recover_lost), ("refunds", self.check_refunds)]
-        for name, step in steps:
-            report[name] = self._run_step(name, step, deadline)
-        if with_bill:
-            report["bill"] = self._run_step("bill", self.bill_if_due, deadline)
+        if self.keys is not None and (self.keys.downloads or self.keys.certificates()):
+            steps.insert(0, ("certificates", self.check_certificates))
+        with invocation.until(deadline.calls_end):
+            for name, step in steps:
+                report[name] = self._run_step(name, step, deadline)
+            if with_bill:
+                report["bill"] = self._run_step("bill", self.bill_if_due, deadline)
         return report
 
     def _run_step(self, name, step, deadline) -> dict:
@@ -95,8 +106,16 @@ class Reconciler:
             if deadline.expired():
                 summary.add("deferred")
                 continue
+            if deadline.rate_limited:
+                summary.add("deferred:rate_limited")
+                continue
             try:
                 summary.add(handle(order))
+            except WeChatPayRejected as error:
+                summary.add(f"error:{error.code}")
+                if error.wechat_code == "FREQUENCY_LIMITED":
+                    deadline.rate_limited = True
+                    log("reconcile.rate_limited", level="warning", outTradeNo=order.get("outTradeNo"))
             except CloudPayError as error:
                 summary.add(f"error:{error.code}")
                 log("reconcile.order_failed", level="warning", outTradeNo=order.get("outTradeNo"),
@@ -105,6 +124,22 @@ class Reconciler:
                 summary.add("error:INTERNAL_ERROR")
                 log("reconcile.crash", level="error", outTradeNo=order.get("outTradeNo"),
                     error=type(exc).__name__, where=where(exc))
+
+    def check_certificates(self, summary, deadline) -> None:
+        """Platform certificates: download them when none is known, the newest expires
+        within 10 days, or not for an hour (download mode), and tell a human, well before it happens, that
+        every certificate we hold expires within 30 days with no successor in sight."""
+        if self.keys.refresh_due():
+            self.keys.refresh("scheduled")
+            summary.add("refreshed")
+        for certificate in self.keys.expiring_without_successor():
+            recorded = self.store.record_anomaly(
+                "platform_certificate_expiring", None,
+                {"serial": certificate.serial, "notAfter": certificate.not_after},
+                key=f"platform_certificate_expiring:{certificate.serial}")
+            summary.add("expiring_recorded" if recorded else "expiring_known")
+        if not summary.counts:
+            summary.add("ok")
 
     def close_expired(self, summary, deadline) -> None:
         """NOTPAY past expireTime: close at WeChat Pay, then CLOSED (or settle if paid)."""
@@ -158,6 +193,9 @@ class Reconciler:
             if deadline.expired():
                 summary.add("deferred")
                 continue
+            if deadline.rate_limited:
+                summary.add("deferred:rate_limited")
+                continue
             try:
                 answer = self.wechatpay.query_refund(refund["outRefundNo"])
                 summary.add(self.refunds.apply_result(answer, source="sweep").outcome)
@@ -168,6 +206,7 @@ class Reconciler:
                     summary.add("released_unsent")
                 else:
                     summary.add(f"error:{error.code}")
+                    deadline.rate_limited |= error.wechat_code == "FREQUENCY_LIMITED"
             except CloudPayError as error:
                 summary.add(f"error:{error.code}")
 
@@ -199,7 +238,8 @@ class Reconciler:
             if error.wechat_code != "NO_STATEMENT_EXIST":
                 raise
             data = None  # no transactions that day: WeChat Pay makes no bill
-        rows = parse_trade_bill(data).rows if data is not None else ()
+        bill = parse_trade_bill(data) if data is not None else None
+        rows = bill.rows if bill is not None else ()
         counts: dict[str, int] = {}
 
         def count(outcome: str) -> None:
@@ -220,7 +260,7 @@ class Reconciler:
             if row.trade_state != order_states.SUCCESS:
                 continue  # refund lines: reconciled through the refunds collection
             seen.add(row.out_trade_no)
-            count(self._check_bill_row(bill_date, row))
+            count(self._check_bill_row(bill_date, row, bill.has_order_amount))
 
         start, end = bill_day_bounds(bill_date)
         for order in self.store.paid_between(start, end):
@@ -234,16 +274,28 @@ class Reconciler:
         log("reconcile.bill", billDate=bill_date, counts=counts, archived=archived)
         return {"billDate": bill_date, "status": "reconciled", "counts": counts, "archiveKey": archived}
 
-    def _check_bill_row(self, bill_date: str, row) -> str:
+    def _check_bill_row(self, bill_date: str, row, has_order_amount: bool) -> str:
+        """Compare the columns that mean the same thing (WeChat Pay's trade bill format,
+        pay.weixin.qq.com/docs/merchant/products/bill-download/format-trade.html):
+        - the order's total: 订单金额 (总金额 in the oldest format) against totalFee;
+        - what the merchant is settled: 应结订单金额 = 订单金额 minus the coupons that are
+          not pre-funded (免充值券), against settlementFee recorded at settlement from
+          `promotion_detail`.  代金券金额 holds every coupon, pre-funded ones too, so for
+          an order settled without readable coupon details the settled amount can only be
+          bounded: 订单金额 - 代金券金额 <= 应结订单金额 <= 订单金额.
+        So a coupon order raises no false anomaly and a real difference still does."""
         order = self.store.find_order(row.out_trade_no)
-        evidence = {"billDate": bill_date, "transactionId": row.transaction_id, "billTotal": row.total_fee}
+        bill_total = row.order_amount if has_order_amount else row.total_fee
+        evidence = {"billDate": bill_date, "transactionId": row.transaction_id, "billTotal": bill_total,
+                    "billSettled": row.total_fee if has_order_amount else None, "billCoupon": row.coupon_fee}
         if order is None:
             self.store.record_anomaly("bill_unknown_order", row.out_trade_no, evidence,
                                       key=f"bill_unknown_order:{bill_date}:{row.out_trade_no}")
             return "bill_unknown_order"
-        if row.total_fee != order["totalFee"]:
+        if not self._bill_amounts_agree(order, row, bill_total, has_order_amount):
             self.store.record_anomaly("bill_amount_mismatch", row.out_trade_no,
-                                      {**evidence, "orderTotalFee": order["totalFee"]},
+                                      {**evidence, "orderTotalFee": order["totalFee"],
+                                       "orderSettlementFee": order.get("settlementFee")},
                                       key=f"bill_amount_mismatch:{bill_date}:{row.out_trade_no}")
             return "bill_amount_mismatch"
         if order_states.is_paid(order["payStatus"]):
@@ -252,13 +304,30 @@ class Reconciler:
         transaction = {"out_trade_no": row.out_trade_no, "transaction_id": row.transaction_id,
                        "trade_state": order_states.SUCCESS, "mchid": row.mchid or self.config.wechatpay_mchid,
                        "appid": row.appid or self.config.wechat_appid,
-                       "amount": {"total": row.total_fee}, "success_time": _bill_time(row.trade_time)}
+                       "amount": {"total": bill_total}, "success_time": _bill_time(row.trade_time)}
+        if has_order_amount and row.coupon_fee:
+            not_pre_funded = bill_total - row.total_fee
+            transaction["promotion_detail"] = [
+                {"type": kind, "amount": amount}
+                for kind, amount in (("NOCASH", not_pre_funded), ("CASH", row.coupon_fee - not_pre_funded))
+                if amount]
         settled = settle_transaction(self.store, self.config, transaction, source="bill")
         if settled.outcome in (PAID, ALREADY_PAID):
             self.store.record_anomaly("bill_paid_not_recorded", row.out_trade_no, evidence,
                                       key=f"bill_paid_not_recorded:{bill_date}:{row.out_trade_no}")
             return "settled_from_bill"
         return settled.anomaly or settled.outcome
+
+    @staticmethod
+    def _bill_amounts_agree(order: dict, row, bill_total: int, has_order_amount: bool) -> bool:
+        if bill_total != order["totalFee"]:
+            return False
+        if not has_order_amount:  # the oldest format has one amount: the order's total
+            return True
+        expected = order.get("settlementFee")
+        if type(expected) is int:
+            return row.total_fee == expected
+        return bill_total - row.coupon_fee <= row.total_fee <= bill_total
 
 
 def _bill_time(value: str) -> str | None:

@@ -114,11 +114,28 @@ class Instance:
         return self._part("http", build)
 
     @property
+    def keys(self):
+        """WeChat Pay's keys (public key and/or platform certificates).  In download mode
+        the certificates come from the store, and from WeChat Pay where this function
+        holds the merchant key (callback does not: it reads what the others downloaded)."""
+        def build(config):
+            from shared.wechatpay.keys import CertificateSource, key_set_from_config
+
+            keys = key_set_from_config(config)
+            if config.wechatpay_platform_certs == "download":
+                can_sign = config.wechatpay_private_key is not None and config.wechatpay_cert_serial_no
+                fetch = (lambda: self.wechatpay.download_certificates()) if can_sign else None
+                keys.set_source(CertificateSource(lambda: self.store, fetch))
+            return keys
+
+        return self._part("keys", build)
+
+    @property
     def wechatpay(self):
         def build(config):
             from shared.wechatpay.client import WeChatPayClient
 
-            return WeChatPayClient.from_config(config, http=self.http)
+            return WeChatPayClient.from_config(config, keys=self.keys, http=self.http)
 
         return self._part("wechatpay", build)
 
@@ -155,8 +172,9 @@ class Instance:
         def build(config):
             from shared.notifications import NotificationService
 
-            # The store is built only once a notification verified: forgeries never connect.
-            return NotificationService(config, lambda: self.store)
+            # The store is built only once a notification verified: forgeries never connect
+            # (in download mode it may be read for certificates, at most once a minute).
+            return NotificationService(config, lambda: self.store, keys=self.keys)
 
         return self._part("notifications", build)
 
@@ -165,7 +183,7 @@ class Instance:
         def build(config):
             from shared.reconcile import Reconciler
 
-            return Reconciler(config, self.store, self.wechatpay, archive=self.archive)
+            return Reconciler(config, self.store, self.wechatpay, archive=self.archive, keys=self.keys)
 
         return self._part("reconciler", build)
 

@@ -53,6 +53,33 @@ def rfc3339_to_ms(value: str | None) -> int | None:
     return int(parsed.timestamp()) * 1000 + parsed.microsecond // 1000
 
 
+def coupon_fields(transaction: dict, total: int) -> dict:
+    """What coupons did to a payment, from WeChat's `promotion_detail` (fen):
+    - couponFee: all coupons together (the payer paid total - couponFee);
+    - settlementFee: what the merchant is settled, total minus the coupons that are not
+      pre-funded (type NOCASH, 免充值型): the bill's 应结订单金额.  WeChat Pay documents it
+      as settlement_total_fee = total_fee - the amounts of type DISCOUNT (the v2 name of
+      NOCASH) coupons (pay.weixin.qq.com/doc/v2/partner/4011984209).
+    Empty when WeChat sent no promotions or ones we cannot read (the bill is then checked
+    against its own coupon column)."""
+    promotions = transaction.get("promotion_detail")
+    if promotions is None:
+        return {"couponFee": 0, "settlementFee": total}
+    if not isinstance(promotions, list):
+        return {}
+    coupons = no_cash = 0
+    for promotion in promotions:
+        amount = promotion.get("amount") if isinstance(promotion, dict) else None
+        kind = promotion.get("type") if isinstance(promotion, dict) else None
+        if type(amount) is not int or amount < 0 or kind not in ("CASH", "NOCASH"):
+            return {}
+        coupons += amount
+        no_cash += amount if kind == "NOCASH" else 0
+    if coupons > total:
+        return {}
+    return {"couponFee": coupons, "settlementFee": total - no_cash}
+
+
 def _amount(transaction: dict, key: str) -> int | None:
     amount = transaction.get("amount")
     value = amount.get(key) if isinstance(amount, dict) else None
@@ -92,6 +119,7 @@ def settle_transaction(store, config, transaction: dict, *, source: str) -> Sett
         "paidVia": source,
         # What refunds may take from; only a paid order has any.
         "refundableFee": order["totalFee"],
+        **coupon_fields(transaction, order["totalFee"]),
     }
     try:
         result = store.transition(out_trade_no, order_states.SUCCESS, fields=fields,

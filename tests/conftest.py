@@ -124,6 +124,20 @@ def env_store(function_env, mongo_uri, mongo_client, db_name):
 pytest_plugins = ["tests.sim_fixtures", "tests.s3_fixtures"]
 
 
+@pytest.fixture
+def logs():
+    """The JSON log lines written during the test (a StringIO; the sink is restored after)."""
+    import io
+    import sys
+
+    from shared import log as log_module
+
+    sink = io.StringIO()
+    log_module.set_sink(sink)
+    yield sink
+    log_module.set_sink(sys.stdout)
+
+
 class LiveStack:
     """prepare and callback behind the local gateway, talking to the simulator and MongoDB."""
 
@@ -148,6 +162,7 @@ def live_stack(function_env, env_store, simulator, sim_keys, mongo_uri, db_name)
     prepare, callback = load_function("prepare"), load_function("callback")
     gateway = Gateway({"/prepare": prepare, "/callback": callback}).start()
     environ = sim_keys.function_environ(simulator.url, f"{gateway.url}/callback", mongo_uri)
+    environ.setdefault("WECHATPAY_API_BASE_BACKUP", simulator.url)  # never the real api2 from a test
     function_env(**{**environ, "MONGODB_URI": mongo_uri, "MONGODB_DB": db_name})
     for sku, name, price in (("A1", "Oolong tea", 1990), ("B2", "Moon cake", 1288)):
         env_store.upsert_product(sku, name, price)

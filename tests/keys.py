@@ -92,6 +92,9 @@ def make_environ(**overrides: str | None) -> dict[str, str]:
             environ.pop(name, None)
         else:
             environ[name] = value
+    # No backup domain unless a test names one: never WeChat Pay's real api2 from a test.
+    if "WECHATPAY_API_BASE_BACKUP" not in overrides and "WECHATPAY_API_BASE" in environ:
+        environ["WECHATPAY_API_BASE_BACKUP"] = environ["WECHATPAY_API_BASE"]
     return environ
 
 

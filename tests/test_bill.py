@@ -162,6 +162,60 @@ def test_csv_quoted_values_are_read_too():
     assert (first.description, first.attach, first.total_fee) == ("苹果, 梨", '{"a":1,"b":2}', 1230)
 
 
+@pytest.mark.parametrize("count", ["3.0", "3.00", "3"])
+def test_whole_counts_written_with_a_fraction_of_zeros_are_accepted(count):
+    """The official PHP SDK's sample bill prints the summary count as `45.0`."""
+    assert parse_trade_bill(_bill(ROWS, summary={"总交易单数": count})).summary.count == 3
+
+
+@pytest.mark.parametrize("count", ["3.5", "3.", ".0", "3.0.0", "-3", "3e0", "３"])
+def test_counts_that_are_not_whole_numbers_are_refused(count):
+    error = _refused(_bill(ROWS, summary={"总交易单数": count}))
+    assert error.details["column"] == "总交易单数"
+
+
+def test_a_coupon_order_keeps_its_settled_and_order_amounts_apart():
+    """A not-pre-funded coupon of 1.00 on a 10.00 order: 应结订单金额 9.00, 代金券金额 1.00,
+    订单金额 10.00 (pay.weixin.qq.com/docs/merchant/products/bill-download/format-trade.html)."""
+    rows = [payment(1, total="9.00", **{"代金券金额": "1.00", "订单金额": "10.00"})]
+    bill = parse_trade_bill(_bill(rows, header=CURRENT_HEADER))
+    [row] = bill.rows
+    assert (row.total_fee, row.coupon_fee, row.order_amount) == (900, 100, 1000)
+    assert bill.has_order_amount and bill.summary.order_amount == 1000
+
+
+def test_the_order_total_is_checked_against_the_rows():
+    rows = [payment(1, total="9.00", **{"代金券金额": "1.00", "订单金额": "10.00"})]
+    error = _refused(_bill(rows, summary={"订单总金额": "9.00"}))
+    assert error.details == {"column": "订单总金额", "summary": 900, "rows": 1000}
+
+
+def test_the_oldest_format_has_no_separate_order_amount():
+    header = [("总金额" if name == "应结订单总金额" else name) for name in HEADER if name != "订单金额"]
+    text = bill_text([payment(1)], header=[("应结订单总金额" if n == "总金额" else n) for n in header])
+    text = text.replace("应结订单总金额,代金券金额", "总金额,代金券金额", 1)
+    bill = parse_trade_bill(text.encode())
+    assert not bill.has_order_amount and bill.rows[0].total_fee == 1230 and bill.rows[0].order_amount == 0
+
+
+def test_older_coupon_column_names_are_read():
+    header = [{"代金券金额": "企业红包金额", "充值券退款金额": "企业红包退款金额"}.get(n, n) for n in HEADER]
+    rows = [{**payment(1), "企业红包金额": "0.50", "企业红包退款金额": "0.00"}]
+    assert parse_trade_bill(_bill(rows, header=header)).rows[0].coupon_fee == 50
+
+
+@pytest.mark.parametrize("column", ["单品优惠金额", "服务费", "补差额"])
+def test_an_unknown_column_that_touches_money_refuses_the_bill(column):
+    rows = [{**row, column: "1.00"} for row in ROWS]
+    error = _refused(_bill(rows, header=HEADER + [column]))
+    assert error.details["unknown"] == [column] and column in error.message
+
+
+def test_an_unknown_column_without_money_is_ignored():
+    rows = [{**row, "门店编号": "S001"} for row in ROWS]
+    assert parse_trade_bill(_bill(rows, header=HEADER + ["门店编号"])).rows == parse_trade_bill(_bill(ROWS)).rows
+
+
 # --- refused bills ----------------------------------------------------------------------
 
 def _refused(data: bytes) -> BillFormatError:

@@ -99,7 +99,8 @@ def test_wrong_merchant_key_gets_sign_error(config, simulator, sim_keys):
 def test_connection_refused_is_unreachable(config):
     import dataclasses
 
-    dead = WeChatPayClient.from_config(dataclasses.replace(config, wechatpay_api_base="http://127.0.0.1:9"))
+    dead = WeChatPayClient.from_config(dataclasses.replace(config, wechatpay_api_base="http://127.0.0.1:9",
+                                                           wechatpay_api_base_backup="http://127.0.0.1:9"))
     started = time.monotonic()
     with pytest.raises(WeChatPayUnreachable):
         _prepay(dead)

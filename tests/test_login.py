@@ -6,7 +6,6 @@ needs none.
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import sys
@@ -17,7 +16,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared import log as log_module
 from shared import login
 from shared.errors import ConfigError, LoginFailed, LoginUnavailable
 from tests.keys import APPID, APPSECRET, make_config
@@ -84,13 +82,6 @@ def fake():
 def config(fake):
     return make_config("prepare", WECHAT_API_BASE=fake.base)
 
-
-@pytest.fixture
-def logs():
-    sink = io.StringIO()
-    log_module.set_sink(sink)
-    yield sink
-    log_module.set_sink(sys.stdout)
 
 
 def test_valid_code_returns_openid(fake, config, logs):

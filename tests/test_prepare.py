@@ -227,7 +227,7 @@ def test_wechat_pay_refuses_then_retry_with_same_key_works(stack, env_store, sim
 
 
 def test_wechat_pay_unreachable_is_502_and_leaves_no_payable_order(stack, env_store, function_env):
-    function_env(WECHATPAY_API_BASE="http://127.0.0.1:9")
+    function_env(WECHATPAY_API_BASE="http://127.0.0.1:9", WECHATPAY_API_BASE_BACKUP="http://127.0.0.1:9")
     handler = load_function("prepare")
     started = time.monotonic()
     code, answer = create(handler, {"code": "test-jon", "items": [{"sku": "A1", "quantity": 1}]})

@@ -34,6 +34,8 @@ from shared.errors import IllegalTransition, StoreConflict, StoreNotFound
 PRODUCTS, ORDERS, EVENTS, ANOMALIES, REFUNDS = "products", "orders", "events", "anomalies", "refunds"
 # One record per reconciled bill day (kept apart from the shop's facts in `events`).
 BILL_RUNS = "bill_runs"
+# WeChat Pay's platform certificates, downloaded by one function and read by the others.
+WECHATPAY_CERTS = "wechatpay_certs"
 
 # A refund's state on its order (`refundStates.<outRefundNo>`).
 REFUND_RESERVED = "RESERVED"
@@ -88,6 +90,7 @@ INDEXES: Mapping[str, tuple[Index, ...]] = MappingProxyType({
         _index("status_update", ("status", 1), ("updateTime", 1)),
     ),
     BILL_RUNS: (_index("billDate_unique", ("billDate", 1), unique=True),),
+    WECHATPAY_CERTS: (_index("serial_unique", ("serial", 1), unique=True),),
 })
 
 
@@ -420,6 +423,18 @@ class OrderStore(ABC):
         """The outcome of reconciling `bill_date` (a forced re-run replaces it)."""
         self._upsert(BILL_RUNS, by(billDate=bill_date),
                      {"billDate": bill_date, **result, "createTime": self.clock()})
+
+    # --- WeChat Pay's platform certificates -----------------------------------------
+
+    def platform_certificates(self, limit: int = 20) -> list[dict]:
+        """`{serial, pem, notBefore, notAfter, fetchedAt}` (epoch seconds / ms) of the
+        `limit` that expire last, newest last (WeChat Pay lists two at most at a time)."""
+        newest = self._find(WECHATPAY_CERTS, Where(), sort=(("notAfter", -1),), limit=limit)
+        return newest[::-1]
+
+    def save_platform_certificate(self, serial: str, pem: str, not_before: int, not_after: int) -> None:
+        self._upsert(WECHATPAY_CERTS, by(serial=serial), {"serial": serial, "pem": pem, "notBefore": not_before,
+                                                          "notAfter": not_after, "fetchedAt": self.clock()})
 
     # --- health --------------------------------------------------------------------
 

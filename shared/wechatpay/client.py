@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import re
 import time
 import zlib
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from shared import deadline
 from shared.errors import (
     NotificationRejected,
     WeChatPayBadResponse,
@@ -50,6 +52,13 @@ DEFAULT_BILL_READ_TIMEOUT = 30.0
 DEFAULT_MAX_BILL_BYTES = 50 * 1024 * 1024
 # Signed responses older or newer than this are refused, as the official SDKs do.
 RESPONSE_TOLERANCE = 300
+# 429 FREQUENCY_LIMITED: up to 3 more tries after 0.25 s, 0.5 s, 1 s (each x 0.5..1.5).
+RATE_LIMIT_RETRIES = 3
+RATE_LIMIT_BASE_S = 0.25
+
+
+def _jitter() -> float:
+    return 0.5 + random.random()  # noqa: S311 - spreading retries, not a secret
 
 _OUT_TRADE_NO_RE = re.compile(r"[0-9A-Za-z_\-|*]{6,32}")
 _OUT_REFUND_NO_RE = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
@@ -64,7 +73,8 @@ _SHA1_HEX_RE = re.compile(r"[0-9a-fA-F]{40}")
 _MAX_MESSAGE = 256
 # WeChat Pay's main and backup API hosts: a bill applied for on one may be served by the
 # other.  Any other download host is refused (see `_download`).
-_WECHATPAY_HOSTS = frozenset({"api.mch.weixin.qq.com", "api2.mch.weixin.qq.com"})
+_WECHATPAY_HOSTS = frozenset({"api.mch.weixin.qq.com", "api2.mch.weixin.qq.com", "api.wechatpay.cn",
+                              "api2.wechatpay.cn"})
 
 
 def _fen(name: str, value: Any) -> int:
@@ -92,59 +102,84 @@ def _quote(piece: str) -> str:
 
 
 class WeChatPayClient:
-    """Signed APIv3 calls for one merchant (public-key mode).
+    """Signed APIv3 calls for one merchant.
 
-    Build it with `WeChatPayClient.from_config(config)`; the constructor takes the
-    pieces explicitly so tests can inject `clock` (epoch seconds) and `nonce_func`.
+    Build it with `WeChatPayClient.from_config(config, keys=...)`; the constructor takes
+    the pieces explicitly so tests can inject `clock` (epoch seconds), `nonce_func`,
+    `sleep` and `jitter`.
+
+    Two kinds of retry, both bounded by the invocation's deadline (`shared.deadline`):
+    - the backup domain: a call that could not connect, timed out or got a 5xx is sent
+      once more to `api_base_backup` (WeChat Pay's cross-city disaster recovery, as the
+      official SDKs do).  Every call here is safe to repeat: a prepay with the same
+      parameters, a query, a close, a refund with the same out_refund_no, a bill;
+    - rate limits: `429 FREQUENCY_LIMITED` is retried after a back-off with jitter (at
+      most `rate_limit_retries` times); then the caller gets the error, and the sweep
+      slows down instead of hammering.
     """
 
-    def __init__(self, *, mchid: str, appid: str, private_key, cert_serial_no: str, public_key,
-                 public_key_id: str, notify_url: str | None, api_base: str,
+    def __init__(self, *, mchid: str, appid: str, private_key, cert_serial_no: str, keys,
+                 notify_url: str | None, api_base: str, api_base_backup: str | None = None,
+                 apiv3_key: bytes | None = None,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  read_timeout: float = DEFAULT_READ_TIMEOUT,
                  bill_read_timeout: float = DEFAULT_BILL_READ_TIMEOUT,
                  max_bill_bytes: int = DEFAULT_MAX_BILL_BYTES,
+                 rate_limit_retries: int = RATE_LIMIT_RETRIES,
                  clock: Callable[[], float] = time.time,
                  nonce_func: Callable[[], str] = signing.nonce,
+                 sleep: Callable[[float], None] = time.sleep,
+                 jitter: Callable[[], float] = _jitter,
                  http: HttpClient | None = None):
         for name, value in (("mchid", mchid), ("appid", appid), ("cert_serial_no", cert_serial_no),
-                            ("public_key_id", public_key_id), ("api_base", api_base)):
+                            ("api_base", api_base)):
             if not value:
                 raise ValueError(f"WeChatPayClient needs {name}")
-        if private_key is None or public_key is None:
-            raise ValueError("WeChatPayClient needs the merchant private key and the WeChat Pay public key")
+        if private_key is None or keys is None:
+            raise ValueError("WeChatPayClient needs the merchant private key and WeChat Pay's keys")
         self.mchid = mchid
         self.appid = appid
         self._private_key = private_key
         self._cert_serial_no = cert_serial_no
-        self._public_key = public_key
-        self.public_key_id = public_key_id
+        self.keys = keys
+        self._apiv3_key = apiv3_key
         self.notify_url = notify_url
         self.api_base = api_base.rstrip("/")
-        base = urlsplit(self.api_base)
-        if base.scheme not in ("http", "https") or not base.netloc:
-            raise ValueError("api_base must be an http(s) URL")
-        self._origin = (base.scheme.lower(), base.netloc.lower())
-        self._base_path = base.path.rstrip("/")  # signed: the server sees it as part of the path
+        self._bases = [self._origin_of(self.api_base)]
+        if api_base_backup and api_base_backup.rstrip("/") != self.api_base:
+            self._bases.append(self._origin_of(api_base_backup.rstrip("/")))
+        self._origin = self._bases[0][:2]
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.bill_read_timeout = bill_read_timeout
         self.max_bill_bytes = max_bill_bytes
+        self.rate_limit_retries = rate_limit_retries
         self._clock = clock
         self._nonce = nonce_func
-        # Never retried behind the caller's back: a POST that timed out may have landed.
+        self._sleep = sleep
+        self._jitter = jitter
         self._http = http or HttpClient()
 
+    @staticmethod
+    def _origin_of(base_url: str) -> tuple[str, str, str]:
+        """(scheme, netloc, path prefix) of a base URL; the prefix is signed with the path."""
+        base = urlsplit(base_url)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise ValueError("api_base must be an http(s) URL")
+        return base.scheme.lower(), base.netloc.lower(), base.path.rstrip("/")
+
     @classmethod
-    def from_config(cls, config, **kwargs) -> WeChatPayClient:
+    def from_config(cls, config, *, keys=None, **kwargs) -> WeChatPayClient:
         """The client for a loaded `shared.config.Config` (roles prepare / reconcile)."""
+        from shared.wechatpay.keys import key_set_from_config
+
         return cls(mchid=config.wechatpay_mchid, appid=config.wechat_appid,
                    private_key=config.wechatpay_private_key,
                    cert_serial_no=config.wechatpay_cert_serial_no,
-                   public_key=config.wechatpay_public_key,
-                   public_key_id=config.wechatpay_public_key_id,
+                   keys=keys if keys is not None else key_set_from_config(config),
                    notify_url=config.wechatpay_notify_url,
-                   api_base=config.wechatpay_api_base, **kwargs)
+                   api_base=config.wechatpay_api_base, api_base_backup=config.wechatpay_api_base_backup,
+                   apiv3_key=config.wechatpay_apiv3_key, **kwargs)
 
     def close(self) -> None:
         self._http.close()
@@ -160,29 +195,60 @@ class WeChatPayClient:
             str(int(self._clock())), self._nonce())
 
     def _headers(self, method: str, signed_path: str, body: bytes) -> dict[str, str]:
-        return {
+        headers = {
             "Authorization": self._authorization(method, signed_path, body),
             "Accept": "application/json",
             "Content-Type": "application/json",
-            "Wechatpay-Serial": self.public_key_id,
             "User-Agent": USER_AGENT,
         }
+        serial = self.keys.request_serial()
+        if serial:  # which of WeChat Pay's keys we verify with (the official samples send it)
+            headers["Wechatpay-Serial"] = serial
+        return headers
 
     def _call(self, method: str, path: str, *, query: dict[str, str] | None = None,
-              payload: dict | None = None) -> tuple[int, bytes]:
-        """Send one signed request; return (status, raw body) of a verified 2xx answer."""
-        signed_path = self._base_path + path + (("?" + urlencode(query)) if query else "")
+              payload: dict | None = None, verify: bool = True) -> tuple[int, bytes, Any]:
+        """Send one signed request; (status, raw body, headers) of a 2xx answer, verified
+        unless `verify` is False (the caller then verifies it itself)."""
+        query_text = ("?" + urlencode(query)) if query else ""
         # The exact bytes that are signed are the bytes that are sent.
         body = (json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
                 if payload is not None else b"")
+        rate_limited = 0
+        position = 0
+        while True:
+            scheme, netloc, prefix = self._bases[position]
+            try:
+                response = self._send(method, scheme, netloc, prefix + path + query_text, body,
+                                      payload is not None, path, backup=position > 0)
+            except WeChatPayUnreachable:
+                if position + 1 < len(self._bases) and self._time_left():
+                    position += 1  # could not connect or timed out: once more, on the backup domain
+                    continue
+                raise
+            status, raw = response.status, response.body
+            if status >= 500 and position + 1 < len(self._bases) and self._time_left():
+                position += 1
+                continue
+            if not 200 <= status < 300:
+                error = self._rejected(status, raw, path)
+                if error.wechat_code == "FREQUENCY_LIMITED" and rate_limited < self.rate_limit_retries \
+                        and self._back_off(rate_limited):
+                    rate_limited += 1
+                    continue
+                raise error
+            if verify:
+                self._verify(response.headers, raw, path)
+            return status, raw, response.headers
+
+    def _send(self, method: str, scheme: str, netloc: str, signed_path: str, body: bytes, has_body: bool,
+              path: str, *, backup: bool):
         started = time.monotonic()
-        status: int | None = None
-        outcome = "error"
+        status, outcome = None, "error"
         try:
             try:
                 response = self._http.request(
-                    method, self._origin[0] + "://" + self._origin[1] + signed_path,
-                    body=body if payload is not None else None,
+                    method, f"{scheme}://{netloc}{signed_path}", body=body if has_body else None,
                     headers=self._headers(method, signed_path, body),
                     connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
             except HttpError as exc:
@@ -190,22 +256,32 @@ class WeChatPayClient:
                 raise WeChatPayUnreachable(
                     f"WeChat Pay could not be reached ({exc.kind}); the outcome of the call is unknown",
                     details={"path": path, "cause": exc.kind}) from exc
-            status, raw = response.status, response.body
-            if not 200 <= status < 300:
-                outcome = "rejected"
-                raise self._rejected(status, raw, path)
-            outcome = "bad_response"
-            self._verify(response.headers, raw, path)
-            outcome = "ok"
-            return status, raw
+            status = response.status
+            outcome = "ok" if 200 <= status < 300 else "rejected"
+            return response
         finally:
             log("wechatpay.call", level="info" if outcome == "ok" else "warning", method=method,
-                path=path, status=status, outcome=outcome, ms=int((time.monotonic() - started) * 1000))
+                path=path, status=status, outcome=outcome, backup=backup or None,
+                ms=int((time.monotonic() - started) * 1000))
 
-    def _verify(self, headers, raw: bytes, path: str) -> None:
+    @staticmethod
+    def _time_left(minimum: float = 0.2) -> bool:
+        left = deadline.remaining()
+        return left is None or left > minimum
+
+    def _back_off(self, attempt: int) -> bool:
+        """Sleep before retrying a rate-limited call; False when the deadline forbids it."""
+        pause = RATE_LIMIT_BASE_S * (2 ** attempt) * self._jitter()
+        left = deadline.remaining()
+        if left is not None and left < pause + 0.2:
+            return False
+        log("wechatpay.rate_limited", level="warning", attempt=attempt + 1, pause_ms=int(pause * 1000))
+        self._sleep(pause)
+        return True
+
+    def _verify(self, headers, raw: bytes, path: str, keys=None) -> None:
         try:
-            verify_signature(headers, raw, public_key=self._public_key, public_key_id=self.public_key_id,
-                             now=self._clock(), tolerance=RESPONSE_TOLERANCE)
+            verify_signature(headers, raw, keys=keys or self.keys, now=self._clock(), tolerance=RESPONSE_TOLERANCE)
         except NotificationRejected as exc:
             raise WeChatPayBadResponse(f"WeChat Pay response is not trustworthy: {exc.message}",
                                        details={"path": path, "check": exc.code}) from exc
@@ -257,7 +333,7 @@ class WeChatPayClient:
         if attach is not None:
             payload["attach"] = _text("attach", attach, max_len=128)
         path = "/v3/pay/transactions/jsapi"
-        _, raw = self._call("POST", path, payload=payload)
+        _, raw, _ = self._call("POST", path, payload=payload)
         prepay_id = self._json(raw, path).get("prepay_id")
         if not isinstance(prepay_id, str) or not _PREPAY_ID_RE.fullmatch(prepay_id):
             raise WeChatPayBadResponse("prepay answer lacks a valid prepay_id", details={"path": path})
@@ -270,7 +346,7 @@ class WeChatPayClient:
         """
         otn = _text("out_trade_no", out_trade_no, _OUT_TRADE_NO_RE)
         path = f"/v3/pay/transactions/out-trade-no/{_quote(otn)}"
-        _, raw = self._call("GET", path, query={"mchid": self.mchid})
+        _, raw, _ = self._call("GET", path, query={"mchid": self.mchid})
         return self._json(raw, path)
 
     def close_order(self, out_trade_no: str) -> None:
@@ -298,14 +374,14 @@ class WeChatPayClient:
         if target:
             payload["notify_url"] = _text("notify_url", target)
         path = "/v3/refund/domestic/refunds"
-        _, raw = self._call("POST", path, payload=payload)
+        _, raw, _ = self._call("POST", path, payload=payload)
         return self._json(raw, path)
 
     def query_refund(self, out_refund_no: str) -> dict:
         """GET /v3/refund/domestic/refunds/{out_refund_no}."""
         orn = _text("out_refund_no", out_refund_no, _OUT_REFUND_NO_RE)
         path = f"/v3/refund/domestic/refunds/{_quote(orn)}"
-        _, raw = self._call("GET", path)
+        _, raw, _ = self._call("GET", path)
         return self._json(raw, path)
 
     def trade_bill(self, bill_date: str, bill_type: str = "ALL") -> bytes:
@@ -326,7 +402,7 @@ class WeChatPayClient:
         if bill_type not in _BILL_TYPES:
             raise ValueError(f"bill_type must be one of {', '.join(_BILL_TYPES)}")
         path = "/v3/bill/tradebill"
-        _, raw = self._call("GET", path, query={"bill_date": bill_date, "bill_type": bill_type,
+        _, raw, _ = self._call("GET", path, query={"bill_date": bill_date, "bill_type": bill_type,
                                                 "tar_type": "GZIP"})
         answer = self._json(raw, path)
         hash_type, hash_value = answer.get("hash_type"), answer.get("hash_value")
@@ -351,9 +427,10 @@ class WeChatPayClient:
         """GET a bill download URL: same origin as the API only, size-bounded, unsigned."""
         parts = urlsplit(url)
         origin = (parts.scheme.lower(), parts.netloc.lower())
+        ours = {base[:2] for base in self._bases}
         official = (origin[0] == "https" and origin[1] in _WECHATPAY_HOSTS
                     and self._origin[1] in _WECHATPAY_HOSTS)
-        if (origin != self._origin and not official) or parts.fragment or not parts.path.startswith("/"):
+        if (origin not in ours and not official) or parts.fragment or not parts.path.startswith("/"):
             # The URL came from a signed answer, but we still never send our signed
             # request (or reach into the VPC) anywhere other than WeChat Pay.
             raise WeChatPayBadResponse("bill download_url is not on the WeChat Pay API host",
@@ -409,6 +486,51 @@ class WeChatPayClient:
         except zlib.error:
             raise WeChatPayBadResponse("bill file is not valid gzip") from None
         return b"".join(out)
+
+    def download_certificates(self) -> list:
+        """GET /v3/certificates: WeChat Pay's platform certificates, each decrypted with the
+        APIv3 key (AEAD_AES_256_GCM, associated data "certificate").  The answer is signed by
+        one of the certificates it carries (or by the public key, during the switch), so it
+        is verified after decrypting them, with the key its serial names."""
+        from shared.wechatpay.keys import KeySet, load_certificates
+
+        if not self._apiv3_key:
+            raise WeChatPayBadResponse("downloading platform certificates needs WECHATPAY_APIV3_KEY")
+        path = "/v3/certificates"
+        try:
+            _, raw, headers = self._call("GET", path, verify=False)
+        except WeChatPayRejected as error:
+            if error.wechat_code != "RESOURCE_NOT_EXISTS":
+                raise
+            # Merchants registered since late 2024 have no platform certificates at all.
+            raise WeChatPayRejected(
+                "RESOURCE_NOT_EXISTS", "WeChat Pay holds no platform certificates for this merchant: use "
+                "the WeChat Pay public key (WECHATPAY_PUBLIC_KEY and WECHATPAY_PUBLIC_KEY_ID) instead of "
+                "WECHATPAY_PLATFORM_CERTS=download", http_status=error.http_status) from None
+        entries = self._json(raw, path).get("data")
+        if not isinstance(entries, list) or not entries:
+            raise WeChatPayBadResponse("certificate answer lacks data", details={"path": path})
+        certificates = []
+        for entry in entries:
+            encrypted = entry.get("encrypt_certificate") if isinstance(entry, dict) else None
+            if not isinstance(encrypted, dict) or not isinstance(entry.get("serial_no"), str):
+                raise WeChatPayBadResponse("certificate answer is malformed", details={"path": path})
+            try:
+                pem = signing.aes_gcm_decrypt(self._apiv3_key, str(encrypted.get("nonce") or ""),
+                                              str(encrypted.get("associated_data") or ""),
+                                              str(encrypted.get("ciphertext") or ""))
+                [certificate] = load_certificates(pem)
+            except ValueError:
+                raise WeChatPayBadResponse("a platform certificate does not decrypt with the APIv3 key",
+                                           details={"path": path}) from None
+            if certificate.serial != entry["serial_no"].upper():
+                raise WeChatPayBadResponse("a platform certificate's serial differs from its serial_no",
+                                           details={"path": path})
+            certificates.append(certificate)
+        self._verify(headers, raw, path, keys=KeySet(public_key=self.keys.public_key,
+                                                     public_key_id=self.keys.public_key_id,
+                                                     certificates=certificates, clock=self._clock))
+        return certificates
 
     def request_payment_params(self, prepay_id: str) -> dict:
         """The object the mini-program passes to `wx.requestPayment` (v3, RSA).

@@ -1,16 +1,19 @@
 """Verifying what WeChat Pay signs: payment/refund notifications and API responses.
 
-Pure functions in the style of stripe's `WebhookSignature.verify_header`: the caller
-passes the raw body, the headers, the key and (for tests) the clock; nothing here does
-I/O.  In particular an unknown `Wechatpay-Serial` is rejected outright and never
-triggers a certificate download (the wechatpayv3 amplification pitfall).
+Functions in the style of stripe's `WebhookSignature.verify_header`: the caller passes
+the raw body, the headers, the keys and (for tests) the clock.  The keys are a
+`shared.wechatpay.keys.KeySet`: the public key and/or platform certificates, each used
+only for its own serial.  An unknown `Wechatpay-Serial` is rejected; in download mode
+the set may look for new certificates first, at most once a minute (never once per
+request: the wechatpayv3 amplification pitfall).
 
 Order of checks (each failure has its own error class from `shared.errors`):
 
 1. all four `Wechatpay-*` headers present and well-formed  -> MalformedNotification
 2. signature is not a `WECHATPAY/SIGNTEST/` probe           -> SignatureProbe
-3. serial is the configured WeChat Pay public key id        -> UnknownSerial
+3. serial is well-formed                                    -> UnknownSerial
 4. |now - timestamp| <= tolerance (both directions)         -> TimestampOutOfRange
+4b. serial names a key of the set (public key id, certificate) -> UnknownSerial
 5. RSA-SHA256 over `ts\\nnonce\\n<raw body>\\n` verifies     -> SignatureInvalid
 6. body is a notification JSON object                       -> MalformedNotification
 7. resource decrypts (AEAD_AES_256_GCM, APIv3 key)          -> DecryptFailed
@@ -53,6 +56,8 @@ _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 # break could shift bytes between "nonce" and "body" of a genuinely signed message.
 _NONCE_RE = re.compile(r"[!-~]{1,64}")  # printable ASCII, no spaces or line breaks
 _MAX_SIGNATURE = 1024  # base64 of a 4096-bit signature is 684 chars
+# PUB_KEY_ID_... or a certificate serial (hex): printable, bounded, before any lookup.
+_SERIAL_RE = re.compile(r"[0-9A-Za-z_]{1,80}")
 
 
 def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -81,15 +86,26 @@ def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
     return timestamp, nonce_str, signature, serial
 
 
-def verify_signature(headers: Mapping[str, str], body: bytes, *, public_key, public_key_id: str,
-                     now: float | None = None, tolerance: int = DEFAULT_TOLERANCE) -> None:
+def _key_set(keys, public_key, public_key_id):
+    if keys is not None:
+        return keys
+    from shared.wechatpay.keys import KeySet
+
+    return KeySet(public_key=public_key, public_key_id=public_key_id)
+
+
+def verify_signature(headers: Mapping[str, str], body: bytes, *, keys=None, public_key=None,
+                     public_key_id: str | None = None, now: float | None = None,
+                     tolerance: int = DEFAULT_TOLERANCE) -> None:
     """Check the `Wechatpay-*` signature headers over the raw `body` (checks 1-5 above).
 
-    Used for notifications and, by the API client, for every 2xx response.  Returns
-    None when everything holds; raises a `NotificationRejected` subclass otherwise.
-    `body` must be the bytes exactly as received: re-serialised JSON does not verify.
+    `keys`: a KeySet (or give the single `public_key` and its `public_key_id`).  Used for
+    notifications and, by the API client, for every 2xx response.  Returns None when
+    everything holds; raises a `NotificationRejected` subclass otherwise.  `body` must be
+    the bytes exactly as received: re-serialised JSON does not verify.
     """
     body = _as_bytes(body)
+    keys = _key_set(keys, public_key, public_key_id)
     timestamp, nonce_str, signature, serial = _signed_headers(headers)
 
     if signature.startswith(signing.PROBE_PREFIX):
@@ -98,11 +114,8 @@ def verify_signature(headers: Mapping[str, str], body: bytes, *, public_key, pub
     if len(signature) > _MAX_SIGNATURE:
         raise SignatureInvalid("signature is too long")
 
-    if serial != public_key_id:
-        # Never refresh keys on demand: an attacker could make every request fetch.
-        raise UnknownSerial("Wechatpay-Serial is not the configured WeChat Pay public key id",
-                            details={"serial": serial[:80]})
-
+    if not _SERIAL_RE.fullmatch(serial):
+        raise UnknownSerial("Wechatpay-Serial is malformed", details={"serial": serial[:80]})
     if not _TIMESTAMP_RE.fullmatch(timestamp):
         raise TimestampOutOfRange("Wechatpay-Timestamp is not a whole number of seconds")
     current = time.time() if now is None else now
@@ -111,28 +124,33 @@ def verify_signature(headers: Mapping[str, str], body: bytes, *, public_key, pub
         raise TimestampOutOfRange(f"Wechatpay-Timestamp is {abs(int(skew))} s from now "
                                   f"(tolerance {tolerance} s)", details={"skewSeconds": int(skew)})
 
+    # Last of the cheap checks: in download mode an unknown serial may make the set look.
+    key = keys.key_for(serial)
+    if key is None:
+        raise UnknownSerial("Wechatpay-Serial names no key we hold (the WeChat Pay public key id or a valid "
+                            "platform certificate)", details={"serial": serial[:80]})
+
     message = signing.response_message(timestamp, nonce_str, body)
-    if not signing.rsa_verify(public_key, message, signature):
+    if not signing.rsa_verify(key, message, signature):
         raise SignatureInvalid("signature does not verify over the raw body")
 
 
-def verify_notification(headers: Mapping[str, str], body: bytes, *, public_key, public_key_id: str,
-                        apiv3_key: bytes, now: float | None = None,
+def verify_notification(headers: Mapping[str, str], body: bytes, *, apiv3_key: bytes, keys=None,
+                        public_key=None, public_key_id: str | None = None, now: float | None = None,
                         tolerance: int = DEFAULT_TOLERANCE) -> dict:
     """Verify, parse and decrypt a v3 notification; return it with `resource` decrypted.
 
     `headers`: the request headers (any letter case).  `body`: the raw request body as
     received (bytes; a str is encoded as UTF-8, which reproduces the bytes when the
-    gateway decoded them as UTF-8).  `public_key`/`public_key_id`: the WeChat Pay public
-    key and its `PUB_KEY_ID_...`.  `apiv3_key`: the 32-byte APIv3 key.  `now`: epoch
-    seconds (default `time.time()`), injectable for tests.
+    gateway decoded them as UTF-8).  `keys`: the KeySet (or `public_key`/`public_key_id`:
+    the WeChat Pay public key and its `PUB_KEY_ID_...`).  `apiv3_key`: the 32-byte APIv3
+    key.  `now`: epoch seconds (default `time.time()`), injectable for tests.
 
     The result is the notification object (`id`, `event_type`, `create_time`, ...) whose
     `resource` is the decrypted JSON (a transaction or a refund; `event_type` says which).
     """
     body = _as_bytes(body)
-    verify_signature(headers, body, public_key=public_key, public_key_id=public_key_id,
-                     now=now, tolerance=tolerance)
+    verify_signature(headers, body, keys=_key_set(keys, public_key, public_key_id), now=now, tolerance=tolerance)
 
     notification = _json_object(body, "notification body")
     for field, kind in (("id", str), ("event_type", str), ("resource", dict)):

@@ -491,6 +491,20 @@ def test_conditions_mean_the_same_on_every_adapter(any_store, where, expected):
     assert sorted(d["name"] for d in any_store._find("conditions", where)) == expected
 
 
+def test_platform_certificates_are_kept_once_per_serial_newest_last(any_store):
+    any_store.save_platform_certificate("5157F09EFDC096DE15EBE81A47057A7232F1B8E1", "PEM-A", 100, 2_000)
+    any_store.save_platform_certificate("7F1B8E1", "PEM-B", 200, 3_000)
+    any_store.save_platform_certificate("5157F09EFDC096DE15EBE81A47057A7232F1B8E1", "PEM-A2", 100, 2_500)
+    found = any_store.platform_certificates()
+    assert [(c["serial"], c["pem"], c["notAfter"]) for c in found] == [
+        ("5157F09EFDC096DE15EBE81A47057A7232F1B8E1", "PEM-A2", 2_500), ("7F1B8E1", "PEM-B", 3_000)]
+    assert all(isinstance(c["fetchedAt"], int) for c in found)
+    for n in range(25):
+        any_store.save_platform_certificate(f"AA{n:04d}", "PEM", 0, 10_000 + n)
+    newest = any_store.platform_certificates()
+    assert len(newest) == 20 and newest[-1]["serial"] == "AA0024" and newest[0]["serial"] == "AA0005"
+
+
 def test_sorting_puts_missing_first_and_honours_direction(any_store):
     for name, rank in (("b", 2), ("none", None), ("a", 1), ("c", 3)):
         any_store._insert("sorting", {"name": name, "rank": rank, "group": 1})

@@ -264,11 +264,14 @@ _BILL_SUMMARY = ("总交易单数", "应结订单总金额", "退款总金额", 
 
 def bill_payment(out_trade_no: str, total_fee: int, trade_time: str, *,
                  transaction_id: str = "4200000001202611250000000001", appid: str = APPID,
-                 mchid: str = MCHID) -> dict:
-    """A payment line of the trade bill (amounts in fen here, printed in yuan)."""
+                 mchid: str = MCHID, order_amount: int | None = None, coupon_fee: int = 0) -> dict:
+    """A payment line of the trade bill (amounts in fen here, printed in yuan):
+    `total_fee` is 应结订单金额, `order_amount` 订单金额 (default: the same), `coupon_fee`
+    代金券金额."""
     return {"trade_time": trade_time, "appid": appid, "mchid": mchid, "transaction_id": transaction_id,
             "out_trade_no": out_trade_no, "state": "SUCCESS", "total_fee": total_fee, "refund_fee": 0,
-            "out_refund_no": "0", "refund_id": "0", "refund_status": ""}
+            "out_refund_no": "0", "refund_id": "0", "refund_status": "",
+            "order_amount": total_fee if order_amount is None else order_amount, "coupon_fee": coupon_fee}
 
 
 def bill_refund(out_trade_no: str, refund_fee: int, trade_time: str, *, out_refund_no: str = "R1",
@@ -277,7 +280,7 @@ def bill_refund(out_trade_no: str, refund_fee: int, trade_time: str, *, out_refu
     return {"trade_time": trade_time, "appid": APPID, "mchid": MCHID, "transaction_id": transaction_id,
             "out_trade_no": out_trade_no, "state": "REFUND", "total_fee": 0, "refund_fee": refund_fee,
             "out_refund_no": out_refund_no, "refund_id": "50300000012026112500000001",
-            "refund_status": "SUCCESS"}
+            "refund_status": "SUCCESS", "order_amount": 0, "coupon_fee": 0}
 
 
 def bill_csv(lines: list[dict]) -> bytes:
@@ -289,12 +292,12 @@ def bill_csv(lines: list[dict]) -> bytes:
             "特约商户号": "0", "设备号": "", "微信订单号": line["transaction_id"],
             "商户订单号": line["out_trade_no"], "用户标识": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
             "交易类型": "JSAPI", "交易状态": line["state"], "付款银行": "OTHERS", "货币种类": "CNY",
-            "应结订单总金额": fen_to_yuan(line["total_fee"]), "代金券金额": "0.00",
+            "应结订单总金额": fen_to_yuan(line["total_fee"]), "代金券金额": fen_to_yuan(line["coupon_fee"]),
             "微信退款单号": line["refund_id"], "商户退款单号": line["out_refund_no"],
             "退款金额": fen_to_yuan(line["refund_fee"]), "充值券退款金额": "0.00",
             "退款类型": "ORIGINAL" if line["refund_fee"] else "", "退款状态": line["refund_status"],
             "商品名称": "Tea x1", "商户数据包": "", "手续费": "0.00", "费率": "0.60%",
-            "订单金额": fen_to_yuan(line["total_fee"]), "申请退款金额": fen_to_yuan(line["refund_fee"]),
+            "订单金额": fen_to_yuan(line["order_amount"]), "申请退款金额": fen_to_yuan(line["refund_fee"]),
             "费率备注": "",
         }
         out.append("`" + ",`".join(values[name] for name in _BILL_HEADER))
@@ -302,7 +305,8 @@ def bill_csv(lines: list[dict]) -> bytes:
     refunds = sum(line["refund_fee"] for line in lines)
     summary = {"总交易单数": str(len(lines)), "应结订单总金额": fen_to_yuan(total),
                "退款总金额": fen_to_yuan(refunds), "充值券退款总金额": "0.00", "手续费总金额": "0.00000",
-               "订单总金额": fen_to_yuan(total), "申请退款总金额": fen_to_yuan(refunds)}
+               "订单总金额": fen_to_yuan(sum(line["order_amount"] for line in lines)),
+               "申请退款总金额": fen_to_yuan(refunds)}
     out.append(",".join(_BILL_SUMMARY))
     out.append("`" + ",`".join(summary[name] for name in _BILL_SUMMARY))
     return ("\n".join(out) + "\n").encode("utf-8")

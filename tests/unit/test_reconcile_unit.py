@@ -407,6 +407,53 @@ def test_bill_compared_with_the_store(reconciler, store, wechat, config):
     assert len(store.list_anomalies()) == 5 and store.count_events("order.paid", otn(3)) == 1
 
 
+def _paid_with_coupons(store, config, n, total, promotions):
+    new_order(store, otn(n), total, createTime=T0 - 86_400_000)
+    payer_total = total - sum(p["amount"] for p in promotions if isinstance(p, dict) and "amount" in p)
+    result = settle_transaction(store, config, transaction(
+        otn(n), total, transaction_id=f"42000000012026112500{n:06d}", success_time="2026-11-25T15:00:00+08:00",
+        promotion_detail=promotions, amount={"total": total, "payer_total": payer_total, "currency": "CNY",
+                                             "payer_currency": "CNY"}), source="notification")
+    assert result.outcome == "paid"
+
+
+def test_coupon_orders_are_compared_column_by_meaning(reconciler, store, wechat, config):
+    """应结订单金额 = 订单金额 - the coupons that are not pre-funded; 代金券金额 holds all."""
+    _paid_with_coupons(store, config, 1, 1000, [{"type": "NOCASH", "amount": 100, "coupon_id": "C1"}])
+    _paid_with_coupons(store, config, 2, 1000, [{"type": "CASH", "amount": 200, "coupon_id": "C2"}])
+    _paid_with_coupons(store, config, 3, 1000, [{"type": "NOCASH", "amount": 100, "coupon_id": "C3"}])
+    _paid_with_coupons(store, config, 4, 1000, [{"type": "NOCASH", "amount": 100, "coupon_id": "C4"}])
+    _paid_with_coupons(store, config, 5, 1000, [{"type": "SURPRISE", "amount": 100}])  # unreadable details
+    _paid_with_coupons(store, config, 6, 1000, [{"type": "SURPRISE", "amount": 100}])
+    assert store.get_order(otn(1))["settlementFee"] == 900 and store.get_order(otn(2))["settlementFee"] == 1000
+    assert store.get_order(otn(1))["payerTotal"] == 900 and store.get_order(otn(2))["payerTotal"] == 800
+    assert "settlementFee" not in store.get_order(otn(5))
+    wechat.set_bill(DAY, bill_csv([
+        bill_payment(otn(1), 900, "2026-11-25 15:00:00", order_amount=1000, coupon_fee=100),   # not pre-funded
+        bill_payment(otn(2), 1000, "2026-11-25 15:00:00", order_amount=1000, coupon_fee=200),  # pre-funded
+        bill_payment(otn(3), 800, "2026-11-25 15:00:00", order_amount=1000, coupon_fee=100),   # settled short
+        bill_payment(otn(4), 900, "2026-11-25 15:00:00", order_amount=1100, coupon_fee=100),   # total differs
+        bill_payment(otn(5), 950, "2026-11-25 15:00:00", order_amount=1000, coupon_fee=100),   # within bounds
+        bill_payment(otn(6), 850, "2026-11-25 15:00:00", order_amount=1000, coupon_fee=100),   # below bounds
+    ]))
+    result = reconciler.reconcile_bill(DAY)
+    assert result["counts"] == {"matched": 3, "bill_amount_mismatch": 3}
+    mismatches = {a["outTradeNo"]: a for a in store.list_anomalies() if a["kind"] == "bill_amount_mismatch"}
+    assert set(mismatches) == {otn(3), otn(4), otn(6)}
+    assert {k: mismatches[otn(3)]["evidence"][k] for k in ("billTotal", "billSettled", "orderSettlementFee")} == \
+        {"billTotal": 1000, "billSettled": 800, "orderSettlementFee": 900}
+
+
+def test_a_coupon_order_paid_only_at_wechat_is_settled_with_its_coupons(reconciler, store, wechat):
+    new_order(store, otn(1), 1000)
+    wechat.set_bill(DAY, bill_csv([bill_payment(otn(1), 900, "2026-11-25 15:00:00", order_amount=1000,
+                                                coupon_fee=300)]))
+    assert reconciler.reconcile_bill(DAY)["counts"] == {"settled_from_bill": 1}
+    order = store.get_order(otn(1))
+    assert (order["totalFee"], order["couponFee"], order["settlementFee"]) == (1000, 300, 900)
+    assert reconciler.reconcile_bill(DAY, force=True)["counts"] == {"matched": 1}
+
+
 def test_day_without_a_bill_finds_our_stray_payment(reconciler, store, wechat, config):
     paid_on(store, config, 1, 1000)
     result = reconciler.reconcile_bill(DAY)  # the fake answers NO_STATEMENT_EXIST
