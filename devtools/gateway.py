@@ -297,6 +297,10 @@ def _error(status: int, payload: dict) -> tuple[int, list[tuple[str, str]], byte
 
 class _GatewayServer(ThreadingHTTPServer):
     daemon_threads = True
+    # A Function URL takes many connections at once; WeChat Pay may send dozens of copies of
+    # a notification together.  The default listen backlog (5) lets a loaded machine drop
+    # connects past the sender's timeout.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], gateway: Gateway):
         super().__init__(address, _GatewayHandler)
