@@ -13,6 +13,7 @@
     python -m devtools.wechatpay_simulator orders [OTN]
     python -m devtools.wechatpay_simulator deliveries [--out-trade-no OTN]
     python -m devtools.wechatpay_simulator counters | reset
+    python -m devtools.wechatpay_simulator shipping [TRANSACTION_ID]   (order shipping records)
     python -m devtools.wechatpay_simulator keys [--mode public_key|certificate|switch] [--rollout 0.1]
     python -m devtools.wechatpay_simulator rotate-cert [--valid-days 1825]
     python -m devtools.wechatpay_simulator retire-cert SERIAL
@@ -129,6 +130,9 @@ def _run_control(args: argparse.Namespace):
         return _control(args.url, "GET", f"/_sim/deliveries{query}")
     if command == "counters":
         return _control(args.url, "GET", "/_sim/counters")
+    if command == "shipping":
+        suffix = f"/{_segment(args.transaction_id)}" if args.transaction_id else ""
+        return _control(args.url, "GET", f"/_sim/shipping{suffix}")
     if command == "reset":
         return _control(args.url, "POST", "/_sim/reset", {})
     if command == "keys":
@@ -187,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     control("deliveries", "notification attempts").add_argument("--out-trade-no")
     control("counters", "request counters")
     control("reset", "forget everything but the keys")
+    control("shipping", "order shipping uploads and states").add_argument("transaction_id", nargs="?")
     keys = control("keys", "the key mode and platform certificates; --mode changes the mode")
     keys.add_argument("--mode", choices=list(KEY_MODES))
     keys.add_argument("--rollout", type=float, help="switch mode: the public key's share, 0.0..1.0")

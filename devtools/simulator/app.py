@@ -1,4 +1,5 @@
-"""`Simulator`: WeChat Pay APIv3 (+ mini-program login) on loopback, with a control API.
+"""`Simulator`: WeChat Pay APIv3 (+ mini-program login, tokens, order shipping) on loopback,
+with a control API.
 
     sim = Simulator(keys, retry_factor=0.001).start()   # port 0: a free port
     sim.url                                              # http://127.0.0.1:PORT
@@ -10,6 +11,12 @@
     sim.set_key_mode("switch", rollout=0.1)              # 10% public key, 90% certificate
     serial = sim.rotate_certificate()                    # a new signing certificate
     sim.retire_certificate(old_serial); sim.keys_state()
+
+    sim.configure(token_ttl_s=30)                        # short-lived access tokens (access_tokens.py)
+    sim.access_tokens_state()                            # every token issued, valid or not
+    sim.shipping(transaction_id)                         # uploads and state of a payment (shipping.py)
+    sim.shipping(); sim.shipping_uploads()               # every payment shipped / every upload request
+    sim.set_shipping_state(transaction_id, order_state=3)   # the user confirms receipt
 
 The Python methods and the /_sim/ routes (control_api.py) are the same operations.
 """
@@ -26,6 +33,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from devtools.simulator import miniprogram
+from devtools.simulator.access_tokens import TokenBook
 from devtools.simulator.background import Background
 from devtools.simulator.bill import render_trade_bill
 from devtools.simulator.errors import SimError, param_error
@@ -33,6 +41,7 @@ from devtools.simulator.faults import FaultBook
 from devtools.simulator.ledger import Ledger, Refund
 from devtools.simulator.notifier import MAX_COPIES, RETRY_SCHEDULE_S, Notifier
 from devtools.simulator.server import SimHTTPServer
+from devtools.simulator.shipping import ShippingBook
 from devtools.simulator.signer import Signer
 from devtools.simulator.timeutil import cst_date, parse_date
 
@@ -70,6 +79,8 @@ class Simulator:
         self.notifier = Notifier(keys, clock, self._background, retry_factor=retry_factor,
                                  max_retries=max_retries, attempt_timeout=attempt_timeout, signer=self.signer)
         self._fault_book = FaultBook()
+        self.access_tokens = TokenBook(clock)                       # /cgi-bin/token, /cgi-bin/stable_token
+        self.shipping_book = ShippingBook(self.ledger, keys.mchid, clock)   # /wxa/sec/order/...
         self._defaults = {"auto_refund_ms": auto_refund_ms, "retry_factor": retry_factor}
         self.auto_refund_ms = auto_refund_ms
         self._lock = threading.Lock()
@@ -306,15 +317,51 @@ class Simulator:
         """mode, rollout, public_key_id, certificates [{serial, not_before, not_after, signing}]."""
         return self.signer.state()
 
-    def configure(self, *, auto_refund_ms: int | None = None, retry_factor: float | None = None) -> dict:
-        """Complete refunds automatically after `auto_refund_ms`; compress the retry schedule."""
+    def configure(self, *, auto_refund_ms: int | None = None, retry_factor: float | None = None,
+                  token_ttl_s: int | None = None, token_refresh_margin_s: int | None = None,
+                  force_refresh_interval_s: int | None = None) -> dict:
+        """Complete refunds automatically after `auto_refund_ms`; compress the retry schedule;
+        access tokens issued from now on live `token_ttl_s` (1..7200) and are renewed by
+        stable_token's normal mode within `token_refresh_margin_s` of their end (default ttl/24:
+        300 s of 7200 s; a new ttl without a margin goes back to that default); a forced refresh
+        sooner than `force_refresh_interval_s` (default 30) after the last one does not refresh."""
         if auto_refund_ms is not None:
-            self.auto_refund_ms = _int_in("auto_refund_ms", auto_refund_ms, 0, MAX_DELAY_MS)
+            _int_in("auto_refund_ms", auto_refund_ms, 0, MAX_DELAY_MS)
         if retry_factor is not None:
             if not isinstance(retry_factor, (int, float)) or isinstance(retry_factor, bool) or retry_factor < 0:
                 raise SimError(400, "BAD_REQUEST", "retry_factor must be a number >= 0")
+        tokens = self.access_tokens.configure(token_ttl_s=token_ttl_s, token_refresh_margin_s=token_refresh_margin_s,
+                                              force_refresh_interval_s=force_refresh_interval_s)
+        if auto_refund_ms is not None:
+            self.auto_refund_ms = auto_refund_ms
+        if retry_factor is not None:
             self.notifier.retry_factor = float(retry_factor)
-        return {"auto_refund_ms": self.auto_refund_ms, "retry_factor": self.notifier.retry_factor}
+        return {"auto_refund_ms": self.auto_refund_ms, "retry_factor": self.notifier.retry_factor, **tokens}
+
+    def access_tokens_state(self) -> list[dict]:
+        """Every access token issued since the last reset: kind (stable | legacy), expiry, validity."""
+        return self.access_tokens.state()
+
+    # --- the order shipping service (小程序发货信息管理服务) --------------------------------
+
+    def shipping(self, transaction_id: str | None = None) -> dict | list[dict]:
+        """One paid payment's shipping (order_state, finish_shipping_count, reship_used and every
+        upload attempt on it: received_at, body, errcode, errmsg); without an id, every payment
+        that has had an upload or a state set."""
+        if transaction_id is None:
+            return self.shipping_book.records()
+        return self.shipping_book.record(transaction_id)
+
+    def shipping_uploads(self) -> list[dict]:
+        """Every upload_shipping_info request since the reset, refused ones and unknown payments included."""
+        return self.shipping_book.attempts()
+
+    def set_shipping_state(self, transaction_id: str, *, order_state: int | None = None,
+                           in_complaint: bool | None = None, clear: bool = False) -> dict:
+        """The user confirms receipt (order_state 3), the trade completes (4), funds await settlement
+        (6); `clear` back to what uploads and refunds make it; `in_complaint` a trade dispute."""
+        return self.shipping_book.set_state(transaction_id, order_state=order_state, in_complaint=in_complaint,
+                                            clear=clear)
 
     def deliveries(self, out_trade_no: str | None = None) -> list[dict]:
         """Every notification attempt so far (oldest first)."""
@@ -329,10 +376,14 @@ class Simulator:
             self._events[event] += 1
 
     def counters(self) -> dict:
-        """Requests per `METHOD path`, and token_fetches, jscode2session, sign_errors, faults_triggered."""
+        """Requests per `METHOD path`, and token_fetches (/cgi-bin/token), stable_token_fetches,
+        shipping_uploads, shipping_queries (get_order), delivery_list_fetches, jscode2session, sign_errors,
+        faults_triggered
+        (each WeChat counter counts the calls that reached it, refused ones included, faulted ones not)."""
         with self._lock:
             counters = {name: self._events.get(name, 0)
-                        for name in ("token_fetches", "jscode2session", "sign_errors", "faults_triggered")}
+                        for name in ("token_fetches", "stable_token_fetches", "shipping_uploads", "shipping_queries",
+                                     "delivery_list_fetches", "jscode2session", "sign_errors", "faults_triggered")}
             counters["requests"] = dict(self._requests)
             return counters
 
@@ -341,11 +392,13 @@ class Simulator:
         return self._background.wait_idle(timeout)
 
     def reset(self) -> None:
-        """Forget everything but the keys: orders, refunds, deliveries, faults, counters, settings;
-        back to public-key mode with the default certificate only."""
+        """Forget everything but the keys: orders, refunds, deliveries, faults, counters, settings,
+        access tokens and shipping records; back to public-key mode with the default certificate only."""
         self._background.cancel_all()
         self.signer.reset()
         self.ledger.reset()
+        self.access_tokens.reset()
+        self.shipping_book.reset()
         self.notifier.forget()
         self._fault_book.clear()
         self.auto_refund_ms = self._defaults["auto_refund_ms"]

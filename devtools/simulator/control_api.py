@@ -22,7 +22,14 @@ Each route calls the `Simulator` method of the same meaning, so tests may use ei
     POST /_sim/keys/retire              {"serial"}: remove a certificate (never the last) -> keys state
     GET  /_sim/deliveries[?out_trade_no=]   GET /_sim/counters
     GET  /_sim/idle?timeout=            {"idle": bool}
-    POST /_sim/config                   {"auto_refund_ms", "retry_factor"}
+    POST /_sim/config                   {"auto_refund_ms", "retry_factor", "token_ttl_s",
+                                         "token_refresh_margin_s", "force_refresh_interval_s"}
+    GET  /_sim/tokens                   every access token issued (stable and /cgi-bin/token ones)
+    GET  /_sim/shipping                 every payment with shipping uploads (or a state set)
+    GET  /_sim/shipping/uploads         every upload_shipping_info request, refused ones included
+    GET  /_sim/shipping/{transaction_id}    one paid payment: order_state, uploads [{received_at,
+                                        body, errcode, errmsg}], finish_shipping_count, reship_used
+    POST /_sim/shipping/{transaction_id}/state  {"order_state": 3|4|6, "in_complaint", "clear"}
     GET  /_sim/openid?code=test-alice   the openid that test code logs in as
     POST /_sim/reset                    forget everything but the keys (and back to public_key mode
                                         with the default certificate only)
@@ -146,6 +153,26 @@ def _config(sim: Simulator, r: HttpRequest):
     return _call(sim.configure, r)
 
 
+def _tokens(sim: Simulator, r: HttpRequest):
+    return sim.access_tokens_state()
+
+
+def _shipping_all(sim: Simulator, r: HttpRequest):
+    return sim.shipping()
+
+
+def _shipping_uploads(sim: Simulator, r: HttpRequest):
+    return sim.shipping_uploads()
+
+
+def _shipping_one(sim: Simulator, r: HttpRequest):
+    return sim.shipping(r.params["tid"])
+
+
+def _shipping_state(sim: Simulator, r: HttpRequest):
+    return _call(sim.set_shipping_state, r, r.params["tid"])
+
+
 def _openid(sim: Simulator, r: HttpRequest):
     return {"openid": sim.openid_for(r.query.get("code", ""))}
 
@@ -205,6 +232,11 @@ _control.add("GET", "/_sim/counters", _counters)
 _control.add("GET", "/_sim/idle", _idle)
 _control.add("POST", "/_sim/config", _config)
 _control.add("GET", "/_sim/openid", _openid)
+_control.add("GET", "/_sim/tokens", _tokens)
+_control.add("GET", "/_sim/shipping", _shipping_all)
+_control.add("GET", "/_sim/shipping/uploads", _shipping_uploads)
+_control.add("GET", "/_sim/shipping/{tid}", _shipping_one)
+_control.add("POST", "/_sim/shipping/{tid}/state", _shipping_state)
 _control.add("GET", "/_sim/keys", _keys)
 _control.add("POST", "/_sim/keys", _set_keys)
 _control.add("POST", "/_sim/keys/rotate", _rotate)

@@ -8,6 +8,9 @@
     {"rate_limited": true}        # 429 {"code": "FREQUENCY_LIMITED", "message": "频率超限"}, signed
     {"path": "/v3/pay/transactions/*", "rate_limited": true, "share": 0.3, "count": 1000}
                                   # about 30% of the calls are limited, up to 1000 of them
+    {"path": "/wxa/sec/order/upload_shipping_info", "errcode": 10060001}
+                                  # api.weixin.qq.com paths: HTTP 200 {"errcode": 10060001,
+                                  # "errmsg": "支付单不存在 rid: ..."}, as WeChat fails there
 
 `path` is exact, or a prefix when it ends with `*`; no path means every WeChat path
 (never the /_sim/ control API).  `method` narrows it.  `share` (0 < share <= 1, default
@@ -15,7 +18,10 @@
 that are hit.  The first matching fault that hits is used (a call a fault spares may
 still be hit by a later one), and removed once its count is spent.  `rate_limited` is
 shorthand for status 429 with WeChat Pay's FREQUENCY_LIMITED body (no other status or
-body with it).
+body with it).  `errcode` (a non-zero integer) needs a `path` outside /v3/ (/sns/, /cgi-bin/,
+/wxa/: WeChat's api.weixin.qq.com), and no status, body or rate_limited.  Only /v3/ answers
+are ever signed: a fault on an api.weixin.qq.com path answers unsigned, and its default error
+body is `{"errcode":-1,"errmsg":"system error"}` rather than WeChat Pay's SYSTEM_ERROR.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ MAX_COUNT = 1000
 MAX_DELAY_MS = 60_000
 
 _DEFAULT_ERROR_BODY = '{"code":"SYSTEM_ERROR","message":"系统错误"}'
+_DEFAULT_WEIXIN_ERROR_BODY = '{"errcode":-1,"errmsg":"system error"}'
 RATE_LIMITED_STATUS = 429
 RATE_LIMITED_BODY = '{"code":"FREQUENCY_LIMITED","message":"频率超限"}'
 
@@ -48,6 +55,7 @@ class Fault:
     disconnect: bool = False
     share: float = 1
     rate_limited: bool = False
+    errcode: int | None = None
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method != method:
@@ -58,8 +66,10 @@ class Fault:
             return path.startswith(self.path[:-1])
         return path == self.path
 
-    def error_body(self) -> str:
-        return _DEFAULT_ERROR_BODY if self.body is None else self.body
+    def error_body(self, path: str = "/v3/") -> str:
+        if self.body is not None:
+            return self.body
+        return _DEFAULT_ERROR_BODY if path.startswith("/v3/") else _DEFAULT_WEIXIN_ERROR_BODY
 
 
 def parse_fault(spec: dict) -> Fault:
@@ -96,9 +106,20 @@ def parse_fault(spec: dict) -> Fault:
             raise SimError(400, "BAD_FAULT", "rate_limited is status 429 with the FREQUENCY_LIMITED body: "
                                              "give no other status or body with it")
         fault.status, fault.body = RATE_LIMITED_STATUS, RATE_LIMITED_BODY
-    if not (fault.status or fault.delay_ms or fault.unsigned or fault.bad_signature or fault.disconnect):
+    if fault.errcode is not None:
+        if not _is_int(fault.errcode) or fault.errcode == 0:
+            raise SimError(400, "BAD_FAULT", "errcode must be a non-zero integer")
+        prefix = fault.path[:-1] if fault.path is not None and fault.path.endswith("*") else fault.path
+        if prefix is None or prefix.startswith("/v3/") or (fault.path.endswith("*") and "/v3/".startswith(prefix)):
+            raise SimError(400, "BAD_FAULT", "errcode needs a path on api.weixin.qq.com (/sns/, /cgi-bin/, /wxa/), "
+                                             "not under /v3/")
+        if fault.status is not None or fault.body is not None:
+            raise SimError(400, "BAD_FAULT", "errcode is a 200 answer with that errcode: give no status, body or "
+                                             "rate_limited with it")
+    if not (fault.status or fault.delay_ms or fault.unsigned or fault.bad_signature or fault.disconnect
+            or fault.errcode):
         raise SimError(400, "BAD_FAULT",
-                       "a fault needs status, rate_limited, delay_ms, unsigned, bad_signature or disconnect")
+                       "a fault needs status, rate_limited, errcode, delay_ms, unsigned, bad_signature or disconnect")
     return fault
 
 

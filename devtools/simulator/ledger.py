@@ -409,6 +409,20 @@ class Ledger:
         with self._lock:
             return self._order_or_404(out_trade_no, "ORDER_NOT_EXIST")
 
+    def paid_order(self, *, transaction_id: str | None = None, out_trade_no: str | None = None) -> Order | None:
+        """The paid (SUCCESS or REFUND) order with that transaction_id or out_trade_no, else None:
+        what WeChat's order shipping service knows (it sees payments, not unpaid orders)."""
+        with self._lock:
+            if transaction_id is not None:
+                out_trade_no = self._transactions.get(transaction_id)
+            order = self._orders.get(out_trade_no) if out_trade_no is not None else None
+            return order if order is not None and order.trade_state in PAID_STATES else None
+
+    def refunded_fen(self, order: Order) -> int:
+        """What successful refunds gave back of the order, in fen."""
+        with self._lock:
+            return sum(self._refunds[n].refund for n in order.refund_nos if self._refunds[n].status == "SUCCESS")
+
     def refund_record(self, out_refund_no: str) -> Refund:
         with self._lock:
             return self._refund_or_404(out_refund_no)

@@ -7,8 +7,10 @@ Test codes (what a fake `wx.login()` returns):
 - `err-<errcode>` answers that errcode (e.g. `err-40163` code already used, `err-45011`
   rate limited, `err--1` system busy), for testing error handling;
 - anything else is `{"errcode": 40029, "errmsg": "invalid code"}`, with HTTP 200 as WeChat.
-A wrong appid answers 40013, a wrong secret 40125.  `/cgi-bin/token` answers a token but
-is counted: this backend must never need one.
+A wrong appid answers 40013, a wrong secret 40125.  `GET /cgi-bin/token` answers a token
+(valid for the shipping API, see access_tokens.py) but is counted apart (`token_fetches`): each
+call invalidates the previous token of every other holder, so a backend should use
+`POST /cgi-bin/stable_token` (`stable_token_fetches`) instead.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ ERRMSG = {
     41002: "appid missing",
     41004: "appsecret missing",
     41008: "missing code",
+    43002: "require POST method",
+    44002: "empty post data",
+    45009: "reach max api daily quota limit",
     45011: "api minute-quota reach limit  mustslower  retry next minute",
+    47001: "data format error",
 }
 
 
@@ -52,21 +58,22 @@ def error(errcode: int) -> dict:
     return {"errcode": errcode, "errmsg": f"{message}, rid: {secrets.token_hex(12)}"}
 
 
-def _credentials_error(query: dict[str, str], appid: str, secret: str) -> dict | None:
+def credentials_error(query: dict, appid: str, secret: str) -> dict | None:
+    """The errcode answer for a missing or wrong appid / secret (41002, 40013, 41004, 40125), else None."""
     if not query.get("appid"):
         return error(41002)
     if query["appid"] != appid:
         return error(40013)
     if not query.get("secret"):
         return error(41004)
-    if not hmac.compare_digest(query["secret"], secret):
+    if not hmac.compare_digest(str(query["secret"]).encode(), secret.encode()):
         return error(40125)
     return None
 
 
 def jscode2session(query: dict[str, str], appid: str, secret: str) -> dict:
     """GET /sns/jscode2session?appid&secret&js_code&grant_type=authorization_code."""
-    refused = _credentials_error(query, appid, secret)
+    refused = credentials_error(query, appid, secret)
     if refused:
         return refused
     if query.get("grant_type") != "authorization_code":
@@ -82,11 +89,3 @@ def jscode2session(query: dict[str, str], appid: str, secret: str) -> dict:
     if wanted_error:
         return error(int(wanted_error.group(1)))
     return error(40029)
-
-
-def access_token(query: dict[str, str], appid: str, secret: str) -> dict:
-    """GET /cgi-bin/token (client_credential): answered, but nobody should call it."""
-    refused = _credentials_error(query, appid, secret)
-    if refused:
-        return refused
-    return {"access_token": "SIM_" + secrets.token_urlsafe(48), "expires_in": 7200}

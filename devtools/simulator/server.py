@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
-from devtools.simulator import control_api, wechat_api
+from devtools.simulator import control_api, shipping, wechat_api
 from devtools.simulator.errors import SimError
 from devtools.simulator.faults import Fault
-from devtools.simulator.protocol import HttpRequest, Reply, error_reply
+from devtools.simulator.protocol import HttpRequest, Reply, error_reply, json_reply
 from devtools.simulator.signer import SigningKey
 from shared.wechatpay import signing
 
@@ -92,10 +92,15 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         if fault.disconnect:
             self.close_connection = True
             return None
+        signed = request.path.startswith("/v3/")   # only WeChat Pay's answers carry a signature
         if fault.status:
-            body = fault.error_body().encode("utf-8")
+            body = fault.error_body(request.path).encode("utf-8")
             content_type = "application/json; charset=utf-8" if body[:1] in (b"{", b"[") else "text/plain"
-            return Reply(fault.status, body, content_type, signed=request.path.startswith("/v3/"))
+            return Reply(fault.status, body, content_type, signed=signed)
+        if fault.errcode is not None:
+            reply = json_reply(200, shipping.error_answer(fault.errcode))
+            reply.content_type = wechat_api.WEIXIN_JSON_TYPE
+            return reply
         return wechat_api.handle(sim, request)
 
     def _read_request(self) -> HttpRequest | None:

@@ -1,4 +1,5 @@
-"""The WeChat Pay APIv3 endpoints (api.mch.weixin.qq.com) and the login endpoint (api.weixin.qq.com).
+"""The WeChat Pay APIv3 endpoints (api.mch.weixin.qq.com) and api.weixin.qq.com's login, tokens
+and order shipping service (see the routes above handle_weixin).
 
 Every /v3/ request must carry a valid merchant Authorization (else 401 SIGN_ERROR);
 every /v3/ answer is signed with the key the key mode chooses (signer.py), errors and
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devtools.simulator import miniprogram
+from devtools.simulator import miniprogram, shipping
 from devtools.simulator.errors import SimError, param_error
 from devtools.simulator.protocol import HttpRequest, Reply, Router, error_reply, json_reply
 from devtools.simulator.timeutil import rfc3339
@@ -157,25 +158,127 @@ def handle_v3(sim: Simulator, request: HttpRequest) -> Reply:
 
 
 # --- api.weixin.qq.com ------------------------------------------------------------------
+#
+# WeChat answers HTTP 200 with an errcode.  Login (/sns/jscode2session, /cgi-bin/token) as
+# text/plain; stable_token and the shipping API (JSON bodies) as application/json.
+#
+#   GET  /sns/jscode2session            login test codes (miniprogram.py)
+#   GET  /cgi-bin/token                 a token; counted as token_fetches (access_tokens.py)
+#   POST /cgi-bin/stable_token          {grant_type: "client_credential", appid, secret, force_refresh?}
+#                                       -> {access_token, expires_in}; 41002/40013/41004/40125/40002,
+#                                       47001 (not a JSON object), 44002 (empty), 43002 (not POST)
+#   POST /wxa/sec/order/upload_shipping_info?access_token=   (shipping.py)
+#   POST /wxa/sec/order/get_order?access_token=              (shipping.py)
+#   the two shipping routes check the token first: 41001 missing, 40001 invalid or superseded,
+#   42001 expired.  Anything else: 40066 invalid url.
+
+WEIXIN_JSON_TYPE = "application/json; encoding=utf-8"   # what api.weixin.qq.com sends
+
+
+def _weixin_reply(answer: dict, content_type: str = WEIXIN_JSON_TYPE) -> Reply:
+    reply = json_reply(200, answer)
+    reply.content_type = content_type
+    return reply
+
+
+def _weixin_json(request: HttpRequest) -> tuple[object, dict | None]:
+    """(the JSON body, None), or (None, the errcode answer WeChat gives instead)."""
+    if request.method != "POST":
+        return None, miniprogram.error(43002)
+    if not request.body.strip():
+        return None, miniprogram.error(44002)
+    try:
+        return request.json(), None
+    except SimError:
+        return None, miniprogram.error(47001)
+
+
+def _jscode2session(sim: Simulator, request: HttpRequest) -> Reply:
+    sim.count("jscode2session")
+    answer = miniprogram.jscode2session(request.query, sim.keys.appid, sim.keys.app_secret)
+    return _weixin_reply(answer, "text/plain")
+
+
+def _token(sim: Simulator, request: HttpRequest) -> Reply:
+    sim.count("token_fetches")
+    refused = miniprogram.credentials_error(request.query, sim.keys.appid, sim.keys.app_secret)
+    return _weixin_reply(refused or sim.access_tokens.issue_legacy(), "text/plain")
+
+
+def _stable_token(sim: Simulator, request: HttpRequest) -> Reply:
+    sim.count("stable_token_fetches")
+    body, refused = _weixin_json(request)
+    if refused is None and not isinstance(body, dict):
+        refused = miniprogram.error(47001)
+    if refused is None:
+        fields = {name: body.get(name) for name in ("grant_type", "appid", "secret")}
+        force_refresh = body.get("force_refresh", False)
+        if any(v is not None and not isinstance(v, str) for v in fields.values()) or \
+                not isinstance(force_refresh, bool):
+            refused = miniprogram.error(47001)
+        else:
+            refused = miniprogram.credentials_error(fields, sim.keys.appid, sim.keys.app_secret)
+            if refused is None and fields["grant_type"] != "client_credential":
+                refused = miniprogram.error(40002)
+    if refused is not None:
+        return _weixin_reply(refused)
+    return _weixin_reply(sim.access_tokens.issue_stable(force_refresh=force_refresh))
+
+
+def _shipping_call(sim: Simulator, request: HttpRequest, counter: str, operation) -> Reply:
+    sim.count(counter)
+    problem = sim.access_tokens.check(request.query.get("access_token"))
+    if problem is not None:
+        return _weixin_reply(shipping.error_answer(problem))
+    body, refused = _weixin_json(request)
+    return _weixin_reply(refused if refused is not None else operation(body))
+
+
+def _upload_shipping_info(sim: Simulator, request: HttpRequest) -> Reply:
+    return _shipping_call(sim, request, "shipping_uploads", sim.shipping_book.upload)
+
+
+def _get_order(sim: Simulator, request: HttpRequest) -> Reply:
+    return _shipping_call(sim, request, "shipping_queries", sim.shipping_book.get_order)
+
+
+def _get_delivery_list(sim: Simulator, request: HttpRequest) -> Reply:
+    """The express companies WeChat knows (delivery_id, delivery_name): the ones the
+    simulator's upload accepts (the real list has about 1,400)."""
+    def answer(_body):
+        companies = [{"delivery_id": code, "delivery_name": name}
+                     for code, name in sorted(shipping.KNOWN_EXPRESS_COMPANIES.items())]
+        return {"errcode": 0, "delivery_list": companies, "count": len(companies)}
+
+    return _shipping_call(sim, request, "delivery_list_fetches", answer)
+
+
+UPLOAD_SHIPPING_INFO_PATH = "/wxa/sec/order/upload_shipping_info"
+DELIVERY_LIST_PATH = "/cgi-bin/express/delivery/open_msg/get_delivery_list"
+GET_ORDER_PATH = "/wxa/sec/order/get_order"
+STABLE_TOKEN_PATH = "/cgi-bin/stable_token"
+_weixin = {
+    "/sns/jscode2session": _jscode2session,
+    "/cgi-bin/token": _token,
+    STABLE_TOKEN_PATH: _stable_token,
+    UPLOAD_SHIPPING_INFO_PATH: _upload_shipping_info,
+    GET_ORDER_PATH: _get_order,
+    DELIVERY_LIST_PATH: _get_delivery_list,
+}
+WEIXIN_PREFIXES = ("/sns/", "/cgi-bin/", "/wxa/")
+
 
 def handle_weixin(sim: Simulator, request: HttpRequest) -> Reply:
-    """Login endpoints; WeChat answers errors with HTTP 200 and an errcode, as text/plain."""
-    if request.path == "/sns/jscode2session":
-        sim.count("jscode2session")
-        answer = miniprogram.jscode2session(request.query, sim.keys.appid, sim.keys.app_secret)
-    elif request.path == "/cgi-bin/token":
-        sim.count("token_fetches")
-        answer = miniprogram.access_token(request.query, sim.keys.appid, sim.keys.app_secret)
-    else:
-        answer = {"errcode": 40066, "errmsg": "invalid url"}
-    reply = json_reply(200, answer)
-    reply.content_type = "text/plain"
-    return reply
+    """api.weixin.qq.com: login, tokens and the order shipping service."""
+    handler = _weixin.get(request.path)
+    if handler is None:
+        return _weixin_reply(miniprogram.error(40066), "text/plain")
+    return handler(sim, request)
 
 
 def handle(sim: Simulator, request: HttpRequest) -> Reply:
     if request.path.startswith("/v3/"):
         return handle_v3(sim, request)
-    if request.path.startswith(("/sns/", "/cgi-bin/")):
+    if request.path.startswith(WEIXIN_PREFIXES):
         return handle_weixin(sim, request)
     return error_reply(SimError(404, "NOT_FOUND", "请求的资源不存在"))
