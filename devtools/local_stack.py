@@ -5,14 +5,19 @@ Starts, on loopback:
 - the WeChat Pay simulator (keys under .local/keys/, made on first run),
 - the local gateway that turns HTTP requests into SCF events for `prepare` and
   `callback`, and serves the checkout demo page at /demo/,
+- a shop's webhook receiver that verifies and prints every fact delivered to it,
+- `reconcile` on a timer (every 10 s here, as SCF's timer would every 5 minutes), with
+  SHIPPING_MODE=virtual, so each paid order's shipping information is uploaded,
 then seeds demo products and prints a copy-paste walk-through.  Ctrl-C stops everything.
 
-Options: --shape apigw (API Gateway events instead of Function URL ones), ports.
+Options: --shape apigw (API Gateway events instead of Function URL ones), ports,
+--sweep-every SECONDS (0: no timer).
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import threading
 from pathlib import Path
@@ -29,32 +34,42 @@ class LocalStack:
     """MongoDB + simulator + gateway, wired together through the environment."""
 
     def __init__(self, data_dir: Path, *, mongo_port: int = 0, sim_port: int = 0, gateway_port: int = 0,
-                 shape: str = "url", retry_factor: float = 0.02):
+                 shop_port: int = 0, shape: str = "url", retry_factor: float = 0.02, sweep_every: float = 0,
+                 out=None):
         self.data_dir = Path(data_dir)
-        self.ports = (mongo_port, sim_port, gateway_port)
+        self.ports = (mongo_port, sim_port, gateway_port, shop_port)
         self.shape = shape
         self.retry_factor = retry_factor
-        self.mongo = self.simulator = self.gateway = self.store = None
+        self.sweep_every = sweep_every
+        self._out = out
+        self.mongo = self.simulator = self.gateway = self.store = self.shop = self.reconcile = None
         self.environ: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
 
     def start(self) -> LocalStack:
         from devtools.demo import demo_routes
         from devtools.gateway import Gateway, load_handler
         from devtools.mongo_server import MongoServer
         from devtools.sim_keys import load_or_create
+        from devtools.webhook_receiver import WebhookReceiver
         from devtools.wechatpay_simulator import Simulator
         from shared import runtime
         from shared.store.mongo import MongoOrderStore
 
-        mongo_port, sim_port, gateway_port = self.ports
+        mongo_port, sim_port, gateway_port, shop_port = self.ports
         self.mongo = MongoServer(self.data_dir / "mongo" / "cloudpay.db", port=mongo_port or None).start()
         keys = load_or_create(self.data_dir / "keys")
         self.simulator = Simulator(keys, retry_factor=self.retry_factor).start(port=sim_port)
         self.gateway = Gateway({}, shape=self.shape).start(port=gateway_port)
+        webhook_secret = secrets.token_urlsafe(32)   # the shop and the relay share it; new each run
+        self.shop = WebhookReceiver(webhook_secret, port=shop_port, out=self._out).start()
         # The in-process functions get their configuration injected before they load, so
         # their cold start sees a complete environment (os.environ is left alone).
         self.environ = {**keys.function_environ(self.simulator.url, f"{self.gateway.url}/callback",
-                                                self.mongo.uri), "MONGODB_DB": "cloudpay"}
+                                                self.mongo.uri), "MONGODB_DB": "cloudpay",
+                        "FULFILMENT_WEBHOOK_URL": self.shop.url, "FULFILMENT_WEBHOOK_SECRET": webhook_secret,
+                        "SHIPPING_MODE": "virtual"}
         runtime.configure(self.environ)
         self.store = MongoOrderStore(self.mongo.uri, "cloudpay")
         for sku, name, price in DEMO_PRODUCTS:
@@ -64,12 +79,28 @@ class LocalStack:
                   **demo_routes(self.simulator.url, self.store)}
         for prefix, handler in routes.items():
             self.gateway.add_route(prefix, handler)
+        self.reconcile = load_handler(ROOT / "functions/reconcile/index.py")
+        if self.sweep_every > 0:
+            self._timer = threading.Thread(target=self._sweep_forever, name="sweep-timer", daemon=True)
+            self._timer.start()
         return self
+
+    def sweep(self) -> dict:
+        """One sweep now, as SCF's timer trigger invokes `reconcile`."""
+        return self.reconcile({"Type": "Timer", "TriggerName": "local-timer", "Message": ""},
+                              {"time_limit_in_ms": 60_000, "request_id": "local-timer"})
+
+    def _sweep_forever(self) -> None:
+        while not self._stop.wait(self.sweep_every):
+            self.sweep()
 
     def stop(self) -> None:
         from shared import runtime
 
-        for part in (self.gateway, self.simulator):
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(30)
+        for part in (self.gateway, self.simulator, self.shop):
             if part is not None:
                 part.stop()
         if self.store is not None:
@@ -85,13 +116,16 @@ class LocalStack:
         self.stop()
 
 
-def walkthrough(gateway_url: str, sim_url: str) -> str:
+def walkthrough(gateway_url: str, sim_url: str, shop_url: str = "", sweep_every: float = 0) -> str:
+    timer = f"every {sweep_every:g} s" if sweep_every > 0 else "off (--sweep-every)"
     return f"""
 cloudpay-scf local stack is up.
   demo page {gateway_url}/demo/            (plays the mini-program in a browser)
   prepare   {gateway_url}/prepare/orders
   callback  {gateway_url}/callback          (the simulator notifies here)
   simulator {sim_url}                (control API under /_sim/)
+  shop      {shop_url}   (prints each delivered fact: [shop] ...)
+  sweep     reconcile {timer}; SHIPPING_MODE=virtual uploads shipping information
 
 Walk-through (copy and paste):
 
@@ -106,6 +140,9 @@ Walk-through (copy and paste):
   # 3. pay as the user; the simulator sends the signed notification to the callback
   curl -s -X POST {sim_url}/_sim/orders/$OTN/pay -d '{{}}'
   curl -s {gateway_url}/prepare/orders/$OTN -H "X-Order-Token: $TOKEN"      # "payStatus":"SUCCESS"
+  # this window prints "[shop] order.paid ..." (delivered, signed), and after the next
+  # sweep "[shop] order.shipped ..." (the shipping upload to WeChat); see it with
+  curl -s {sim_url}/_sim/shipping
 
   # the iOS case (no notification): create another order, then pay it with
   curl -s -X POST {sim_url}/_sim/orders/$OTN/pay -d '{{"notify": "drop"}}'
@@ -122,17 +159,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sim-port", type=int, default=8090)
     parser.add_argument("--gateway-port", type=int, default=8080)
     parser.add_argument("--shape", choices=["url", "apigw"], default="url")
+    parser.add_argument("--shop-port", type=int, default=8091)
     parser.add_argument("--retry-factor", type=float, default=0.02,
                         help="compress WeChat's notification retry schedule (15 s -> 0.3 s)")
+    parser.add_argument("--sweep-every", type=float, default=10.0, help="seconds between sweeps (0: none)")
     args = parser.parse_args(argv)
 
     stack = LocalStack(Path(args.data_dir), mongo_port=args.mongo_port, sim_port=args.sim_port,
-                       gateway_port=args.gateway_port, shape=args.shape, retry_factor=args.retry_factor)
+                       gateway_port=args.gateway_port, shop_port=args.shop_port, shape=args.shape,
+                       retry_factor=args.retry_factor, sweep_every=args.sweep_every)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with stack:
-        print(walkthrough(stack.gateway.url, stack.simulator.url), flush=True)
+        print(walkthrough(stack.gateway.url, stack.simulator.url, stack.shop.url, stack.sweep_every), flush=True)
         stop.wait()
         print("stopping ...", flush=True)
     print("stopped.", flush=True)

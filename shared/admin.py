@@ -6,11 +6,18 @@ Event / command                                   result
 {"action": "reconcile", "billDate": "YYYY-MM-DD"} the bill comparison counts
 {"action": "sweep"}                               one sweep now (what the timer does)
 {"action": "setup"}                               every MongoDB index created now
+{"action": "redeliver", "eventId"}                deliver a fact to the shop again, now
+{"action": "ship", "outTradeNo", "logisticsType", the shipping upload (SHIPPING_MODE virtual
+ "shipping": [{"trackingNo", "expressCompany",     or manual), see shared/shipping.py
+ "itemDesc", "receiverContact"?}], "update"?}
 
 CLI: python -m shared.admin refund OUT_TRADE_NO AMOUNT_FEN [--reason R] [--out-refund-no N]
      python -m shared.admin reconcile YYYY-MM-DD [--force]
      python -m shared.admin sweep
      python -m shared.admin setup
+     python -m shared.admin redeliver EVENT_ID
+     python -m shared.admin ship OUT_TRADE_NO --logistics-type N --item-desc TEXT
+                            [--tracking-no T --express-company C [--receiver-contact 189****1234]] [--update]
 It reads the same environment variables as the function (see README).
 """
 
@@ -56,8 +63,9 @@ def _handle_event(instance, event, context) -> dict:
     try:
         reconciler = instance.reconciler
         if event.get("Type") == "Timer":
-            return {"ok": True, "sweep": reconciler.sweep(context)}
-        return run_action(reconciler, event, context)
+            return {"ok": True, "sweep": reconciler.sweep(context)}  # it delivers what it wrote
+        # The facts an action writes (a refund, a shipment) are delivered before it answers.
+        return instance.delivering(lambda: run_action(reconciler, event, context))
     except CloudPayError as error:
         log("reconcile.failed", level="error", code=error.code, error=error.message)
         return error_result(error)
@@ -88,7 +96,19 @@ def run_action(reconciler, event: dict, context=None) -> dict:
         # collection's indexes at first use, so this is a convenience, not a requirement.
         reconciler.store.ensure_indexes()
         return {"ok": True, "indexes": {name: [index.name for index in indexes] for name, indexes in INDEXES.items()}}
-    raise BadRequest("action must be refund, reconcile, sweep or setup", code="UNKNOWN_ACTION")
+    if action == "redeliver":
+        unknown = set(event) - {"action", "eventId"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", code="UNKNOWN_FIELD")
+        if reconciler.relay is None:
+            raise BadRequest("no outbox relay is configured", code="FULFILMENT_NOT_CONFIGURED")
+        return {"ok": True, "delivery": reconciler.relay.redeliver(event.get("eventId"))}
+    if action == "ship":
+        if reconciler.shipping is None:
+            raise BadRequest("SHIPPING_MODE is off: set it to manual (or virtual) to upload shipping information",
+                             code="SHIPPING_OFF")
+        return {"ok": True, "shipment": reconciler.shipping.ship(event)}
+    raise BadRequest("action must be refund, reconcile, sweep, setup, redeliver or ship", code="UNKNOWN_ACTION")
 
 
 def error_result(error: CloudPayError) -> dict:
@@ -110,6 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("--force", action="store_true", help="redo a day already reconciled")
     sub.add_parser("sweep", help="run one sweep now")
     sub.add_parser("setup", help="create every MongoDB index now (also done lazily at first use)")
+    redeliver = sub.add_parser("redeliver", help="deliver a fact to the shop's webhook again")
+    redeliver.add_argument("event_id", help="the fact's id, e.g. order.paid:<outTradeNo>")
+    ship = sub.add_parser("ship", help="upload an order's shipping information to WeChat")
+    ship.add_argument("out_trade_no")
+    ship.add_argument("--logistics-type", type=int, required=True,
+                      help="1 express, 2 same-city, 3 virtual, 4 self-pickup")
+    ship.add_argument("--item-desc", required=True, help="what was shipped (up to 120 characters)")
+    ship.add_argument("--tracking-no")
+    ship.add_argument("--express-company", help="WeChat's delivery company code, e.g. SF, ZTO, YTO")
+    ship.add_argument("--receiver-contact", help="masked phone, e.g. 189****1234 (SF needs it)")
+    ship.add_argument("--update", action="store_true", help="the one correction WeChat allows")
     args = parser.parse_args(argv)
 
     event: dict = {"action": args.command}
@@ -121,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             event["outRefundNo"] = args.out_refund_no
     elif args.command == "reconcile":
         event.update(billDate=args.bill_date, force=args.force)
+    elif args.command == "redeliver":
+        event["eventId"] = args.event_id
+    elif args.command == "ship":
+        parcel = {"itemDesc": args.item_desc}
+        for field, value in (("trackingNo", args.tracking_no), ("expressCompany", args.express_company),
+                             ("receiverContact", args.receiver_contact)):
+            if value is not None:
+                parcel[field] = value
+        event.update(outTradeNo=args.out_trade_no, logisticsType=args.logistics_type, shipping=[parcel],
+                     update=args.update)
     from shared import runtime
 
     result = handle_event(runtime.instance("reconcile"), event)

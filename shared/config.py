@@ -37,13 +37,16 @@ REQUIRED_BY_ROLE: dict[str, tuple[str, ...]] = {
 }
 _EVERY_ROLE = ("MONGODB_DB", "WECHATPAY_API_VERSION")
 _API = ("WECHATPAY_API_BASE", "WECHATPAY_API_BASE_BACKUP", "WECHATPAY_APIV3_KEY")
+# Every function that writes facts delivers them; every one that settles payments plans
+# their shipping upload (only reconcile uploads, so callback needs no app secret).
+_AFTER_PAYMENT = ("FULFILMENT_WEBHOOK_URL", "FULFILMENT_WEBHOOK_SECRET", "SHIPPING_MODE")
 # Optional variables each role reads, besides its required ones.
 OPTIONAL_BY_ROLE: dict[str, tuple[str, ...]] = {
     "store": _EVERY_ROLE,
-    "prepare": _EVERY_ROLE + _WECHATPAY_KEYS + _API + ("WECHAT_API_BASE", "ORDER_TTL_SECONDS",
-                                                        "ORDER_MAX_TOTAL_FEE"),
-    "callback": _EVERY_ROLE + _WECHATPAY_KEYS,
-    "reconcile": _EVERY_ROLE + _WECHATPAY_KEYS + _API,
+    "prepare": _EVERY_ROLE + _WECHATPAY_KEYS + _API + _AFTER_PAYMENT + (
+        "WECHAT_API_BASE", "ORDER_TTL_SECONDS", "ORDER_MAX_TOTAL_FEE"),
+    "callback": _EVERY_ROLE + _WECHATPAY_KEYS + _AFTER_PAYMENT,
+    "reconcile": _EVERY_ROLE + _WECHATPAY_KEYS + _API + _AFTER_PAYMENT + ("WECHAT_API_BASE", "WECHAT_APPSECRET"),
 }
 # The roles that verify what WeChat Pay signs.
 _VERIFYING_ROLES = ("prepare", "callback", "reconcile")
@@ -51,7 +54,7 @@ _VERIFYING_ROLES = ("prepare", "callback", "reconcile")
 # Never shown by repr() or in logs.
 SECRET_FIELDS = frozenset({
     "mongodb_uri", "wechat_appsecret", "wechatpay_private_key", "wechatpay_apiv3_key",
-    "order_token_secret",
+    "order_token_secret", "fulfilment_webhook_secret",
 })
 
 DEFAULT_WECHATPAY_API_BASE = "https://api.mch.weixin.qq.com"
@@ -59,6 +62,7 @@ DEFAULT_WECHATPAY_API_BASE = "https://api.mch.weixin.qq.com"
 DEFAULT_WECHATPAY_API_BASE_BACKUP = "https://api2.mch.weixin.qq.com"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 DEFAULT_ORDER_TTL_SECONDS = 1800
+SHIPPING_MODES = ("off", "virtual", "manual")
 # 20,000 yuan: a mini-shop default; raise it with ORDER_MAX_TOTAL_FEE.
 DEFAULT_ORDER_MAX_TOTAL_FEE = 2_000_000
 
@@ -89,6 +93,9 @@ class Config:
     wechatpay_api_base_backup: str = DEFAULT_WECHATPAY_API_BASE_BACKUP
     wechat_api_base: str = DEFAULT_WECHAT_API_BASE
     order_token_secret: bytes | None = None
+    fulfilment_webhook_url: str | None = None  # unset: facts are kept, not delivered
+    fulfilment_webhook_secret: bytes | None = None
+    shipping_mode: str = "off"
     order_ttl_seconds: int = DEFAULT_ORDER_TTL_SECONDS
     order_max_total_fee: int = DEFAULT_ORDER_MAX_TOTAL_FEE
 
@@ -248,6 +255,20 @@ def _secret_bytes(name: str, raw: str) -> bytes:
     return value
 
 
+def _webhook_url(name: str, raw: str) -> str:
+    value = _base_url(name, raw)  # https, or http to a loopback host only
+    if urlsplit(value).fragment:
+        _fail(name, "must not contain a fragment")
+    return value
+
+
+def _shipping_mode(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in SHIPPING_MODES:
+        _fail(name, f"must be one of {', '.join(SHIPPING_MODES)}")
+    return value
+
+
 def _int_range(low: int, high: int):
     def parse(name: str, raw: str) -> int:
         value = raw.strip()
@@ -292,6 +313,9 @@ _VARIABLES: dict[str, tuple[str | None, Any]] = {
     "WECHATPAY_API_BASE_BACKUP": ("wechatpay_api_base_backup", _base_url),
     "WECHAT_API_BASE": ("wechat_api_base", _base_url),
     "ORDER_TOKEN_SECRET": ("order_token_secret", _secret_bytes),
+    "FULFILMENT_WEBHOOK_URL": ("fulfilment_webhook_url", _webhook_url),
+    "FULFILMENT_WEBHOOK_SECRET": ("fulfilment_webhook_secret", _secret_bytes),
+    "SHIPPING_MODE": ("shipping_mode", _shipping_mode),
     # WeChat Pay clamps time_expire to [1 min, 90 days].
     "ORDER_TTL_SECONDS": ("order_ttl_seconds", _int_range(60, 90 * 24 * 3600)),
     "ORDER_MAX_TOTAL_FEE": ("order_max_total_fee", _int_range(1, 10**11)),
@@ -321,7 +345,17 @@ def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
             values[field_name] = value
     if role in _VERIFYING_ROLES:
         _check_wechatpay_keys(values)
+    _check_after_payment(role, values)
     return Config(**values)
+
+
+def _check_after_payment(role: str, values: dict) -> None:
+    if "fulfilment_webhook_url" in values and "fulfilment_webhook_secret" not in values:
+        raise ConfigError("FULFILMENT_WEBHOOK_SECRET", "is required with FULFILMENT_WEBHOOK_URL "
+                                                       "(every delivery is signed with it)")
+    if role == "reconcile" and values.get("shipping_mode", "off") != "off" and "wechat_appsecret" not in values:
+        raise ConfigError("WECHAT_APPSECRET", "is required in reconcile with SHIPPING_MODE "
+                                              f"{values['shipping_mode']} (the shipping upload needs an access token)")
 
 
 def _check_wechatpay_keys(values: dict) -> None:

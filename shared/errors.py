@@ -219,3 +219,33 @@ class DecryptFailed(NotificationRejected):
 class MalformedNotification(NotificationRejected):
     status = 400
     code = "MALFORMED_NOTIFICATION"
+
+
+# --- fulfilment webhooks (the shop's side) ---------------------------------------------
+
+class WebhookRejected(CloudPayError):
+    """A delivery the shop's receiver must refuse (`shared.webhook.verify_webhook`);
+    answer it with a non-2xx status and the relay tries again later."""
+
+    status = 400
+    code = "WEBHOOK_REJECTED"
+
+
+# --- WeChat's server API (access token, shipping information) -------------------------
+
+class WeChatApiRejected(CloudPayError):
+    """api.weixin.qq.com answered with an errcode (in `errcode` and details)."""
+
+    status = 502
+    code = "WECHAT_API_REJECTED"
+
+    def __init__(self, message: str, *, errcode: int | None, code: str | None = None):
+        super().__init__(message, code=code, details={"errcode": errcode})
+        self.errcode = errcode
+
+
+class WeChatApiUnavailable(CloudPayError):
+    """api.weixin.qq.com could not be reached in time, or answered something unreadable."""
+
+    status = 502
+    code = "WECHAT_API_UNAVAILABLE"

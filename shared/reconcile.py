@@ -62,7 +62,8 @@ def bill_day_bounds(bill_date: str) -> tuple[int, int]:
 
 
 class Reconciler:
-    def __init__(self, config, store, wechatpay, archive=None, *, batch: int = BATCH, keys=None):
+    def __init__(self, config, store, wechatpay, archive=None, *, batch: int = BATCH, keys=None, relay=None,
+                 shipping=None):
         self.config = config
         self.store = store
         self.wechatpay = wechatpay
@@ -70,6 +71,8 @@ class Reconciler:
         self.keys = keys  # WeChat Pay's KeySet: the certificates step looks after them
         self.batch = batch
         self.refunds = RefundService(config, store, wechatpay)
+        self.relay = relay          # the outbox relay (None in unit tests without a shop)
+        self.shipping = shipping    # ShippingService when SHIPPING_MODE is not off
 
     # --- the sweep ---------------------------------------------------------------------
 
@@ -85,6 +88,11 @@ class Reconciler:
                 report[name] = self._run_step(name, step, deadline)
             if with_bill:
                 report["bill"] = self._run_step("bill", self.bill_if_due, deadline)
+            # Last: the facts the steps above wrote are delivered in this same run.
+            if self.shipping is not None:
+                report["shipping"] = self._run_step("shipping", self.shipping.run, deadline)
+            if self.relay is not None and self.relay.enabled:
+                report["deliveries"] = self._run_step("deliveries", self.relay.run, deadline)
         return report
 
     def _run_step(self, name, step, deadline) -> dict:

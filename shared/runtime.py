@@ -99,7 +99,12 @@ class Instance:
         def build(config):
             from shared.store.mongo import MongoOrderStore
 
-            return MongoOrderStore(config.mongodb_uri, config.mongodb_db)
+            store = MongoOrderStore(config.mongodb_uri, config.mongodb_db)
+            if config.fulfilment_webhook_url:
+                from shared.outbox import note_fact
+
+                store.fact_listener = note_fact  # the first delivery attempt follows the write
+            return store
 
         return self._part("store", build)
 
@@ -183,9 +188,54 @@ class Instance:
         def build(config):
             from shared.reconcile import Reconciler
 
-            return Reconciler(config, self.store, self.wechatpay, archive=self.archive, keys=self.keys)
+            shipping = self.shipping if config.shipping_mode != "off" else None
+            return Reconciler(config, self.store, self.wechatpay, archive=self.archive, keys=self.keys,
+                              relay=self.relay, shipping=shipping)
 
         return self._part("reconciler", build)
+
+    @property
+    def relay(self):
+        """The outbox relay (a no-op without FULFILMENT_WEBHOOK_URL)."""
+        def build(config):
+            from shared.outbox import Relay
+
+            return Relay(config, self.store, self.http if config.fulfilment_webhook_url else None)
+
+        return self._part("relay", build)
+
+    @property
+    def wechat_api(self):
+        def build(config):
+            from shared.wechat_api import WeChatApi
+
+            return WeChatApi(config, self.store, self.http)
+
+        return self._part("wechat_api", build)
+
+    @property
+    def shipping(self):
+        def build(config):
+            from shared.shipping import ShippingService
+
+            # WeChat's API client (and its token) only when an upload happens.
+            return ShippingService(config, self.store, lambda: self.wechat_api)
+
+        return self._part("shipping", build)
+
+    def delivering(self, work: Callable[[], Any]) -> Any:
+        """Run `work`; then make the first delivery attempt of the facts it wrote."""
+        config = self.config()
+        if not config.fulfilment_webhook_url:
+            return work()
+        from shared.outbox import collecting
+
+        with collecting() as written:
+            try:
+                return work()
+            finally:
+                if written:
+                    self.relay.deliver_orders(written)
 
 
 # --- the process's instances ----------------------------------------------------------

@@ -134,6 +134,11 @@ def settle_transaction(store, config, transaction: dict, *, source: str) -> Sett
     outcome = PAID if result.applied else ALREADY_PAID
     if result.applied:
         log("order.paid", outTradeNo=out_trade_no, source=source, totalFee=order["totalFee"])
+    if config.shipping_mode == "virtual":
+        # On both paths: a crash after the payment was stored is repaired by the retry.
+        from shared.shipping import plan_after_payment
+
+        plan_after_payment(store, config, result.order)
     return Settlement(outcome, out_trade_no, order=result.order)
 
 

@@ -169,3 +169,44 @@ def test_every_variable_is_read_by_some_role():
 
     read = {v for role in REQUIRED_BY_ROLE for v in REQUIRED_BY_ROLE[role] + OPTIONAL_BY_ROLE[role]}
     assert read == set(_VARIABLES)
+
+
+# --- fulfilment and shipping ---------------------------------------------------------------
+
+WEBHOOK = {"FULFILMENT_WEBHOOK_URL": "https://shop.example.com/hooks/cloudpay",
+           "FULFILMENT_WEBHOOK_SECRET": "w" * 32}
+
+
+@pytest.mark.parametrize("role", ["prepare", "callback", "reconcile"])
+def test_every_function_that_writes_facts_reads_the_webhook(role):
+    config = load_config(role, make_environ(**WEBHOOK, SHIPPING_MODE="virtual"))
+    assert config.fulfilment_webhook_url == WEBHOOK["FULFILMENT_WEBHOOK_URL"]
+    assert config.fulfilment_webhook_secret == b"w" * 32 and config.shipping_mode == "virtual"
+    assert "w" * 32 not in repr(config)
+
+
+@pytest.mark.parametrize("changes, variable, words", [
+    ({"FULFILMENT_WEBHOOK_URL": "http://shop.example.com/hook"}, "FULFILMENT_WEBHOOK_URL", "https"),
+    ({"FULFILMENT_WEBHOOK_URL": "shop.example.com/hook"}, "FULFILMENT_WEBHOOK_URL", "URL"),
+    ({"FULFILMENT_WEBHOOK_URL": "https://shop.example.com/hook#x"}, "FULFILMENT_WEBHOOK_URL", "fragment"),
+    ({"FULFILMENT_WEBHOOK_SECRET": None}, "FULFILMENT_WEBHOOK_SECRET", "required"),
+    ({"FULFILMENT_WEBHOOK_SECRET": "short"}, "FULFILMENT_WEBHOOK_SECRET", "32 bytes"),
+    ({"SHIPPING_MODE": "sometimes"}, "SHIPPING_MODE", "off, virtual, manual"),
+])
+def test_bad_fulfilment_settings_are_named(changes, variable, words):
+    error = _error("callback", **{**WEBHOOK, **changes})
+    assert error.variable == variable and words in error.message, error.message
+
+
+def test_plain_http_webhooks_only_to_loopback():
+    config = load_config("callback", make_environ(**{**WEBHOOK, "FULFILMENT_WEBHOOK_URL": "http://127.0.0.1:8099/h"}))
+    assert config.fulfilment_webhook_url == "http://127.0.0.1:8099/h"
+
+
+def test_reconcile_needs_the_app_secret_only_when_it_uploads_shipping():
+    assert load_config("reconcile", make_environ(WECHAT_APPSECRET=None)).shipping_mode == "off"
+    for mode in ("virtual", "manual"):
+        error = _error("reconcile", WECHAT_APPSECRET=None, SHIPPING_MODE=mode)
+        assert error.variable == "WECHAT_APPSECRET"
+    assert load_config("callback", make_environ(WECHAT_APPSECRET=None, SHIPPING_MODE="virtual")).shipping_mode == \
+        "virtual"   # callback only plans the upload

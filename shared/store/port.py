@@ -36,6 +36,15 @@ PRODUCTS, ORDERS, EVENTS, ANOMALIES, REFUNDS = "products", "orders", "events", "
 BILL_RUNS = "bill_runs"
 # WeChat Pay's platform certificates, downloaded by one function and read by the others.
 WECHATPAY_CERTS = "wechatpay_certs"
+# Work that follows a fact, each item claimed with a lease: the delivery of every fact in
+# `events` to the shop (one per fact), and the shipping upload of a paid order (one per
+# order).  `events` itself stays append-only.
+DELIVERIES = "deliveries"
+SHIPMENTS = "shipments"
+# What WeChat's server API gives that every instance shares: the access token
+# (stable_token) and the list of express companies, one document per `key`.
+WECHAT_CACHE = "wechat_cache"
+PENDING, DONE, FAILED = "pending", "done", "failed"   # states of a delivery or a shipment
 
 # A refund's state on its order (`refundStates.<outRefundNo>`).
 REFUND_RESERVED = "RESERVED"
@@ -91,6 +100,16 @@ INDEXES: Mapping[str, tuple[Index, ...]] = MappingProxyType({
     ),
     BILL_RUNS: (_index("billDate_unique", ("billDate", 1), unique=True),),
     WECHATPAY_CERTS: (_index("serial_unique", ("serial", 1), unique=True),),
+    DELIVERIES: (
+        _index("eventId_unique", ("eventId", 1), unique=True),
+        _index("state_next", ("state", 1), ("nextAt", 1)),
+        _index("outTradeNo_fact", ("outTradeNo", 1), ("factTime", 1)),
+    ),
+    SHIPMENTS: (
+        _index("outTradeNo_unique", ("outTradeNo", 1), unique=True),
+        _index("state_next", ("state", 1), ("nextAt", 1)),
+    ),
+    WECHAT_CACHE: (_index("key_unique", ("key", 1), unique=True),),
 })
 
 
@@ -169,6 +188,9 @@ class OrderStore(ABC):
 
     def __init__(self, *, clock=now_ms):
         self.clock = clock
+        # Told of every fact this store writes (the outbox relay's first attempt); never
+        # allowed to fail the write.
+        self.fact_listener = None
 
     # --- products -----------------------------------------------------------------
 
@@ -271,12 +293,31 @@ class OrderStore(ABC):
 
     def _append_fact(self, event_type: str, order: dict, now: int) -> bool:
         """The once-only fact of an order entering a state (False if it existed)."""
-        return self._insert_once(EVENTS, {
+        return self._record_fact({
             "key": f"{event_type}:{order['outTradeNo']}", "type": event_type,
             "outTradeNo": order["outTradeNo"], "createTime": now,
             "totalFee": order.get("totalFee"), "transactionId": order.get("transactionId"),
-            "openid": order.get("openid"),
+            "openid": order.get("openid"), "items": order.get("items"), "paidAt": order.get("paidAt"),
         })
+
+    def _record_fact(self, doc: dict, *, once: bool = True) -> bool:
+        """Insert a fact and plan its delivery.  The delivery is planned on both paths, so
+        a crash between the two writes is repaired by the next retry of the same fact."""
+        if once:
+            written = self._insert_once(EVENTS, doc)
+        else:
+            self._insert(EVENTS, doc)
+            written = True
+        self._insert_once(DELIVERIES, {
+            "eventId": doc["key"], "type": doc["type"], "outTradeNo": doc["outTradeNo"],
+            "factTime": doc["createTime"], "state": PENDING, "attempts": 0, "nextAt": doc["createTime"],
+            "leaseUntil": 0, "leaseOwner": None, "firstAttemptAt": None, "lastError": None, "doneAt": None})
+        if written and self.fact_listener is not None:
+            try:
+                self.fact_listener(doc)
+            except Exception:  # noqa: S110 - a listener's failure must not undo a stored fact
+                pass
+        return written
 
     # What the sweep looks for.
 
@@ -382,10 +423,10 @@ class OrderStore(ABC):
         """Append a fact to the outbox.  With `key`, at most once (False if it existed)."""
         doc = {"key": key or f"{event_type}:{out_trade_no}:{secrets.token_hex(8)}",
                "type": event_type, "outTradeNo": out_trade_no, "createTime": self.clock(), **data}
-        if key is None:
-            self._insert(EVENTS, doc)
-            return True
-        return self._insert_once(EVENTS, doc)
+        return self._record_fact(doc, once=key is not None)
+
+    def find_event(self, event_id: str) -> dict | None:
+        return self._find_one(EVENTS, by(key=event_id))
 
     def count_events(self, event_type: str, out_trade_no: str | None = None) -> int:
         equals: dict[str, Any] = {"type": event_type}
@@ -435,6 +476,101 @@ class OrderStore(ABC):
     def save_platform_certificate(self, serial: str, pem: str, not_before: int, not_after: int) -> None:
         self._upsert(WECHATPAY_CERTS, by(serial=serial), {"serial": serial, "pem": pem, "notBefore": not_before,
                                                           "notAfter": not_after, "fetchedAt": self.clock()})
+
+    # --- leased work: deliveries of facts, shipping uploads ---------------------------
+    # Each item is claimed with one compare-and-set that sets a lease (an owner and an
+    # expiry, like an INPROGRESS idempotency record); a claim whose holder died expires
+    # and the item can be claimed again.  Only the holder settles it.
+
+    def due_deliveries(self, now: int, limit: int) -> list[dict]:
+        """Pending deliveries whose next attempt is due and that nobody holds, oldest fact first."""
+        return self._due(DELIVERIES, now, limit, sort=(("factTime", 1), ("eventId", 1)))
+
+    def deliveries_of(self, out_trade_no: str) -> list[dict]:
+        """The deliveries of an order's facts, in the order the facts happened."""
+        return self._find(DELIVERIES, by(outTradeNo=out_trade_no), sort=(("factTime", 1), ("eventId", 1)))
+
+    def find_delivery(self, event_id: str) -> dict | None:
+        return self._find_one(DELIVERIES, by(eventId=event_id))
+
+    def claim_delivery(self, event_id: str, owner: str, now: int, lease_ms: int) -> dict | None:
+        return self._claim(DELIVERIES, by(eventId=event_id), owner, now, lease_ms)
+
+    def settle_delivery(self, event_id: str, owner: str, fields: dict) -> dict | None:
+        return self._settle(DELIVERIES, by(eventId=event_id), owner, fields)
+
+    def replay_delivery(self, event_id: str, now: int) -> dict | None:
+        """Make a delivery pending and due now (a person's `redeliver`), whatever its state."""
+        return self._update_one(DELIVERIES, by(eventId=event_id), set={
+            "state": PENDING, "nextAt": now, "leaseUntil": 0, "leaseOwner": None, "firstAttemptAt": None,
+            "lastError": None, "replayedAt": now})
+
+    def plan_shipment(self, out_trade_no: str, fields: dict) -> bool:
+        """The shipping upload of a paid order, due now (once per order: False if planned)."""
+        now = self.clock()
+        return self._insert_once(SHIPMENTS, {
+            "outTradeNo": out_trade_no, "state": PENDING, "attempts": 0, "nextAt": now, "leaseUntil": 0,
+            "leaseOwner": None, "firstAttemptAt": None, "lastError": None, "doneAt": None, "corrections": 0,
+            "createTime": now, **fields})
+
+    def find_shipment(self, out_trade_no: str) -> dict | None:
+        return self._find_one(SHIPMENTS, by(outTradeNo=out_trade_no))
+
+    def due_shipments(self, now: int, limit: int) -> list[dict]:
+        return self._due(SHIPMENTS, now, limit, sort=(("nextAt", 1),))
+
+    def claim_shipment(self, out_trade_no: str, owner: str, now: int, lease_ms: int) -> dict | None:
+        return self._claim(SHIPMENTS, by(outTradeNo=out_trade_no), owner, now, lease_ms)
+
+    def settle_shipment(self, out_trade_no: str, owner: str, fields: dict) -> dict | None:
+        return self._settle(SHIPMENTS, by(outTradeNo=out_trade_no), owner, fields)
+
+    def replan_shipment(self, out_trade_no: str, fields: dict, *, state: str) -> dict | None:
+        """New shipping details, due now, while the shipment is still in `state` and held
+        by nobody (compare-and-set: a ship racing an upload loses)."""
+        now = self.clock()
+        return self._update_one(
+            SHIPMENTS, Where(equals={"outTradeNo": out_trade_no, "state": state}, below={"leaseUntil": now + 1}),
+            set={**fields, "state": PENDING, "nextAt": now, "attempts": 0, "firstAttemptAt": None,
+                 "lastError": None})
+
+    def _due(self, collection: str, now: int, limit: int, *, sort: Sort) -> list[dict]:
+        return self._find(collection, Where(equals={"state": PENDING},
+                                            below={"nextAt": now + 1, "leaseUntil": now + 1}),
+                          sort=sort, limit=limit)
+
+    def _claim(self, collection: str, where: Where, owner: str, now: int, lease_ms: int) -> dict | None:
+        condition = Where(equals={**where.equals, "state": PENDING}, below={"leaseUntil": now + 1})
+        return self._update_one(collection, condition, set={"leaseUntil": now + lease_ms, "leaseOwner": owner})
+
+    def _settle(self, collection: str, where: Where, owner: str, fields: dict) -> dict | None:
+        """The holder's outcome (None when its lease was lost to another claim)."""
+        return self._update_one(collection, Where(equals={**where.equals, "leaseOwner": owner}),
+                                set={**fields, "leaseUntil": 0, "leaseOwner": None}, inc={"attempts": 1})
+
+    # --- what WeChat's server API gives, shared by every instance -----------------------
+
+    def cached_token(self, appid: str) -> dict | None:
+        """`{accessToken, expiresAt}` (epoch ms) of the mini-program's access token, or None."""
+        return self._find_one(WECHAT_CACHE, by(key=f"access_token:{appid}"))
+
+    def save_token(self, appid: str, access_token: str, expires_at: int) -> None:
+        key = f"access_token:{appid}"
+        self._upsert(WECHAT_CACHE, by(key=key), {"key": key, "accessToken": access_token, "expiresAt": expires_at,
+                                                 "fetchedAt": self.clock()})
+
+    def cached_express_companies(self) -> tuple[dict[str, str], int] | None:
+        """({code: name}, fetchedAt ms) from get_delivery_list, or None."""
+        doc = self._find_one(WECHAT_CACHE, by(key="express_companies"))
+        if doc is None:
+            return None
+        return {entry["code"]: entry["name"] for entry in doc["companies"]}, doc["fetchedAt"]
+
+    def save_express_companies(self, companies: dict[str, str]) -> None:
+        # A list, not a mapping: codes are data (a "." or "$" in one must not become a path).
+        entries = [{"code": code, "name": name} for code, name in companies.items()]
+        self._upsert(WECHAT_CACHE, by(key="express_companies"), {"key": "express_companies", "companies": entries,
+                                                                 "fetchedAt": self.clock()})
 
     # --- health --------------------------------------------------------------------
 

@@ -512,3 +512,107 @@ def test_sorting_puts_missing_first_and_honours_direction(any_store):
     descending = any_store._find("sorting", Where(), sort=(("group", 1), ("rank", -1)), limit=2)
     assert [d["name"] for d in ascending] == ["none", "a", "b", "c"]
     assert [d["name"] for d in descending] == ["c", "b"]
+
+
+# --- leased work: deliveries, shipments; the shared access token ----------------------------
+
+def test_every_fact_plans_one_delivery_and_a_replayed_fact_repairs_a_lost_one(any_store):
+    any_store.insert_order(new_order("FACT0001"))
+    any_store.transition("FACT0001", st.CLOSED)
+    any_store.append_event("refund.succeeded", "FACT0001", key="refund.succeeded:R1", outRefundNo="R1", amount=5)
+    assert [d["eventId"] for d in any_store.deliveries_of("FACT0001")] == ["order.closed:FACT0001",
+                                                                           "refund.succeeded:R1"]
+    record = any_store.find_delivery("order.closed:FACT0001")
+    assert (record["state"], record["attempts"], record["leaseUntil"], record["nextAt"]) == \
+        ("pending", 0, 0, record["factTime"])
+    # A crash between the fact and its delivery record: the retry of the same fact repairs it.
+    delete_documents(any_store, "deliveries", eventId="refund.succeeded:R1")
+    assert any_store.append_event("refund.succeeded", "FACT0001", key="refund.succeeded:R1") is False
+    assert any_store.find_delivery("refund.succeeded:R1")["state"] == "pending"
+    assert len(any_store.deliveries_of("FACT0001")) == 2
+
+
+def test_a_fact_listener_hears_each_new_fact_once_and_cannot_break_the_write(any_store):
+    heard = []
+    any_store.fact_listener = lambda fact: heard.append(fact["key"])
+    any_store.insert_order(new_order("HEAR0001"))
+    any_store.transition("HEAR0001", st.CLOSED)
+    any_store.transition("HEAR0001", st.CLOSED)          # already done: no new fact
+    assert heard == ["order.closed:HEAR0001"]
+    any_store.fact_listener = lambda fact: 1 / 0
+    assert any_store.append_event("note", "HEAR0001", key="note:1") is True
+    assert any_store.find_event("note:1")["type"] == "note"
+
+
+def test_one_of_twenty_racing_claims_wins_and_only_the_holder_settles(any_store):
+    any_store.insert_order(new_order("CLAIM001"))
+    any_store.transition("CLAIM001", st.CLOSED)
+    event_id, now = "order.closed:CLAIM001", any_store.clock()
+    results = run_concurrently(20, lambda i: any_store.claim_delivery(event_id, f"owner{i}", now, 30_000))
+    winners = [r for r, exc in results if r is not None]
+    assert [exc for _, exc in results if exc] == [] and len(winners) == 1
+    owner = winners[0]["leaseOwner"]
+    assert any_store.due_deliveries(now, 10) == []                 # held: not due for anyone else
+    assert any_store.settle_delivery(event_id, "someone-else", {"state": "done"}) is None
+    settled = any_store.settle_delivery(event_id, owner, {"state": "done"})
+    assert (settled["state"], settled["attempts"], settled["leaseOwner"], settled["leaseUntil"]) == ("done", 1, None, 0)
+    assert any_store.claim_delivery(event_id, "late", now, 30_000) is None   # done: never claimed again
+
+
+def test_an_expired_lease_can_be_claimed_again(any_store):
+    any_store.insert_order(new_order("LEASE001"))
+    any_store.transition("LEASE001", st.CLOSED)
+    event_id, now = "order.closed:LEASE001", any_store.clock()
+    assert any_store.claim_delivery(event_id, "dies", now, 30_000) is not None
+    assert any_store.claim_delivery(event_id, "early", now + 29_999, 30_000) is None
+    again = any_store.claim_delivery(event_id, "later", now + 30_000, 30_000)
+    assert again["leaseOwner"] == "later"
+    assert any_store.settle_delivery(event_id, "dies", {"state": "done"}) is None   # the dead holder lost it
+
+
+def test_due_deliveries_are_the_pending_due_unheld_ones_oldest_fact_first(any_store):
+    now = any_store.clock()
+    for n in range(4):
+        any_store.append_event("note", f"DUE{n:05d}", key=f"note:{n}")
+    any_store.settle_delivery("note:0", "x", {})  # not held: nothing happens
+    any_store.claim_delivery("note:1", "holder", now + 10, 60_000)
+    claimed = any_store.claim_delivery("note:2", "holder", now + 10, 1)
+    any_store.settle_delivery("note:2", claimed["leaseOwner"], {"nextAt": now + 3_600_000})   # retry later
+    any_store.claim_delivery("note:3", "holder", now + 10, 1)
+    any_store.settle_delivery("note:3", "holder", {"state": "failed"})
+    due = any_store.due_deliveries(now + 1_000, 10)
+    assert [d["eventId"] for d in due] == ["note:0"]
+    # An hour later the retry is due, and note:1's holder has lost its lease.
+    assert [d["eventId"] for d in any_store.due_deliveries(now + 3_600_000, 10)] == ["note:0", "note:1", "note:2"]
+    replayed = any_store.replay_delivery("note:3", now + 5)
+    assert (replayed["state"], replayed["nextAt"], replayed["firstAttemptAt"]) == ("pending", now + 5, None)
+    assert any_store.replay_delivery("note:404", now) is None
+
+
+def test_shipments_are_planned_once_and_replanned_only_in_their_state(any_store):
+    assert any_store.plan_shipment("SHIP0001", {"logisticsType": 3, "shippingList": [{"itemDesc": "tea"}]}) is True
+    assert any_store.plan_shipment("SHIP0001", {"logisticsType": 1}) is False
+    shipment = any_store.find_shipment("SHIP0001")
+    assert (shipment["state"], shipment["logisticsType"], shipment["corrections"]) == ("pending", 3, 0)
+    now = any_store.clock()
+    results = run_concurrently(10, lambda i: any_store.claim_shipment("SHIP0001", f"o{i}", now, 30_000))
+    [winner] = [r for r, _ in results if r is not None]
+    assert any_store.replan_shipment("SHIP0001", {"logisticsType": 1}, state="pending") is None  # held
+    any_store.settle_shipment("SHIP0001", winner["leaseOwner"], {"state": "done"})
+    assert any_store.replan_shipment("SHIP0001", {"logisticsType": 1}, state="pending") is None  # not pending
+    replanned = any_store.replan_shipment("SHIP0001", {"logisticsType": 1}, state="done")
+    assert (replanned["state"], replanned["logisticsType"], replanned["attempts"]) == ("pending", 1, 0)
+    assert [s["outTradeNo"] for s in any_store.due_shipments(any_store.clock(), 5)] == ["SHIP0001"]
+
+
+def test_the_access_token_is_shared_and_replaced(any_store):
+    assert any_store.cached_token("wx0123456789abcdef") is None
+    any_store.save_token("wx0123456789abcdef", "TOKEN-1", 1_000)
+    any_store.save_token("wx0123456789abcdef", "TOKEN-2", 2_000)
+    token = any_store.cached_token("wx0123456789abcdef")
+    assert (token["accessToken"], token["expiresAt"]) == ("TOKEN-2", 2_000)
+    assert any_store.cached_token("wx9999999999999999") is None
+    assert any_store.cached_express_companies() is None
+    any_store.save_express_companies({"SF": "顺丰速运", "A.B$": "odd code"})
+    companies, fetched_at = any_store.cached_express_companies()
+    assert companies == {"SF": "顺丰速运", "A.B$": "odd code"} and isinstance(fetched_at, int)

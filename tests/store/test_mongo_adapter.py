@@ -36,11 +36,11 @@ def test_indexes_are_created_per_collection_in_one_round_trip_at_first_use(mongo
         store = MongoOrderStore(mongo_uri, db_name, client=client)
         store.insert_order(new_order("IDX00001"))
         store.find_order("IDX00001")
-        store.transition("IDX00001", st.CLOSED)           # touches orders, then events
+        store.transition("IDX00001", st.CLOSED)           # touches orders, then events and deliveries
         store.insert_order(new_order("IDX00002"))
-        assert commands.commands.count("createIndexes") == 2  # orders once, events once
+        assert commands.commands.count("createIndexes") == 3  # each collection once
         for name, indexes in INDEXES.items():
-            if name not in ("orders", "events"):
+            if name not in ("orders", "events", "deliveries"):
                 continue
             existing = {tuple(f for f, _ in info["key"]): bool(info.get("unique"))
                         for info in client[db_name][name].index_information().values()}
