@@ -14,6 +14,11 @@
    the bare work at the same concurrency.
 4. Two micro-benchmarks: notification verification against wechatpayv3's, and the
    store's compare-and-set writes against the article's unconditional update.
+5. Fulfilment deliveries per minute: one sweep's relay delivering pending facts to a
+   local receiver, against the bare signed POSTs to the same receiver; then 2 and 4
+   sweeps in parallel (the leases keep each fact to one of them), with a receiver that
+   takes 20 ms per delivery as a shop's would.  Each sweep is its own process, as each
+   SCF instance is.
 The store is nx-27017 (a MongoDB wire server on SQLite) and WeChat Pay is the simulator,
 both on loopback: absolute times say little about production, the ratios are the point.
 Writes bench/results/latest.md and bench/results/chart.png.
@@ -43,6 +48,8 @@ WARMUP = 50
 SENDERS = 8
 BURST = 800  # fresh orders in the throughput run (+ 1 duplicate per 4 = 1,000 deliveries)
 GOALS = {"baseline": 0.45, "floor": 1.3, "overhead_ms": 1.0, "throughput": 0.8}
+DELIVERIES = 400          # facts per delivery run
+SHOP_DELAY_MS = 20        # the receiver's own work per delivery in the scaling runs
 
 
 def child(name: str) -> str:
@@ -281,13 +288,87 @@ def bench_store(stage: Stage) -> dict:
             "ours: insert + compare-and-set + once-only event": _median_per_call(100, create_and_pay) * 1000}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_sweeps(stage: Stage, environ: dict, sweeps: int, facts: int) -> float:
+    """Deliveries per minute of `sweeps` relay processes started at once on `facts` due facts."""
+    import pymongo
+
+    # nx-27017 answers a query by scanning the collection: start each run from empty
+    # outbox collections, so that every run measures the same work.
+    raw = pymongo.MongoClient(stage.mongo.uri)["bench"]
+    raw["events"].delete_many({})
+    raw["deliveries"].delete_many({})
+    batch = f"{sweeps}{time.time_ns()}"[-14:]
+    for n in range(facts):
+        stage.store.append_event("bench.fact", f"B{batch}{n:06d}", key=f"bench:{batch}:{n}", n=n)
+    children = [subprocess.Popen([sys.executable, str(CHILDREN / "relay_sweep.py")], env=environ, cwd=ROOT,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(sweeps)]
+    for process in children:
+        assert process.stdout.readline().strip() == "ready"
+    started = time.perf_counter()
+    for process in children:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    delivered = 0
+    for process in children:
+        delivered += json.loads(process.stdout.readline())["delivered"]
+        process.wait(60)
+    seconds = time.perf_counter() - started
+    assert delivered == facts, (delivered, facts)   # each fact once, by one of the sweeps
+    return delivered / seconds * 60
+
+
+def bench_deliveries(stage: Stage) -> dict:
+    """Each sweep is its own process (an SCF instance); so is the shop's receiver."""
+    import secrets
+
+    from shared.http import HttpClient
+    from shared.outbox import fact_body
+    from shared.webhook import sign_webhook
+
+    secret = secrets.token_urlsafe(32)
+    results = {}
+    for delay_ms in (0, SHOP_DELAY_MS):
+        port = _free_port()
+        shop = subprocess.Popen([sys.executable, "-m", "devtools.webhook_receiver", "--port", str(port), "--secret",
+                                 secret, "--delay-ms", str(delay_ms), "--quiet"], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            shop.stderr.readline()  # "receiving at ..."
+            url = f"http://127.0.0.1:{port}/hooks/cloudpay"
+            environ = {**scf.clean_environ(stage.configuration("reconcile")), "PYTHONPATH": str(ROOT),
+                       "FULFILMENT_WEBHOOK_URL": url, "FULFILMENT_WEBHOOK_SECRET": secret}
+            runs = {sweeps: _run_sweeps(stage, environ, sweeps, DELIVERIES)
+                    for sweeps in ((1, 2, 4) if delay_ms else (1,))}
+            http = HttpClient()   # the bare work: the same signed POSTs one after another, no store
+            bodies = [fact_body({"key": f"bare:{n}", "type": "bench.fact", "createTime": n, "n": n})
+                      for n in range(DELIVERIES)]
+            started = time.perf_counter()
+            for body in bodies:
+                http.request("POST", url, body=body, headers={"Content-Type": "application/json",
+                                                              **sign_webhook(secret, body)})
+            bare = DELIVERIES / (time.perf_counter() - started) * 60
+        finally:
+            shop.terminate()
+            shop.wait(10)
+        results[f"{delay_ms} ms"] = {"sweeps": runs, "bare": bare}
+    return results
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 def _verdict(met: bool) -> str:
     return "met" if met else "missed"
 
 
-def report(cold: dict, warm: dict, verify: dict, store: dict, python310: str) -> str:
+def report(cold: dict, warm: dict, verify: dict, store: dict, python310: str, deliveries: dict) -> str:
     version = subprocess.run([python310, "-V"], capture_output=True, text=True).stdout.strip()
     lines = ["# make bench: latest results", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this machine ({version}); "
@@ -329,6 +410,20 @@ def report(cold: dict, warm: dict, verify: dict, store: dict, python310: str) ->
     for group in (verify, store):
         first = next(iter(group.values()))
         lines += [f"| {name} | {ms:.3f} | x{ms / first:.2f} |" for name, ms in group.items()]
+    instant, slow = deliveries["0 ms"], deliveries[f"{SHOP_DELAY_MS} ms"]
+    one = slow["sweeps"][1]
+    lines += ["", f"## Fulfilment deliveries ({DELIVERIES} facts per run, signed POSTs to a local receiver)", "",
+              "Bare: the same signed POSTs one after another, with no store work. Each sweep is its own process; "
+              "parallel sweeps share the work through the delivery leases, and every fact is delivered once. "
+              "The store work per delivery (find the order's deliveries, claim, read the fact, settle) is what "
+              "a receiver answering at once measures; nx-27017 scans a collection per query and this machine "
+              "has 2 cores, which caps the parallel runs.", "",
+              "| receiver | sweeps | deliveries / min | vs bare | vs 1 sweep |", "|---|---|---|---|---|",
+              f"| answers at once | 1 | {instant['sweeps'][1]:,.0f} "
+              f"| {instant['sweeps'][1] / instant['bare']:.2f} | 1.00 |"]
+    for sweeps, rate in slow["sweeps"].items():
+        lines.append(f"| takes {SHOP_DELAY_MS} ms | {sweeps} | {rate:,.0f} | {rate / slow['bare']:.2f} "
+                     f"| {rate / one:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -378,13 +473,15 @@ def main() -> int:
             warm = bench_warm(stage, python310)
             print("micro-benchmarks ...", flush=True)
             verify, store = bench_verify(), bench_store(stage)
+            print("fulfilment deliveries ...", flush=True)
+            deliveries = bench_deliveries(stage)
         finally:
             stage.close()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    text = report(cold, warm, verify, store, python310)
+    text = report(cold, warm, verify, store, python310, deliveries)
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps({"cold": cold, "warm": warm, "verify": verify,
-                                                     "store": store}, indent=2))
+                                                     "store": store, "deliveries": deliveries}, indent=2))
     chart(cold, warm, RESULTS / "chart.png")
     print(text)
     print(f"written: {RESULTS / 'latest.md'}, {RESULTS / 'chart.png'}")
