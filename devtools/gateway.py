@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from shared.deadline import FUNCTION_TIMEOUT_S
+
 log = logging.getLogger("devtools.gateway")
 
 MAX_BODY = 6 * 1024 * 1024   # SCF's synchronous request limit
@@ -185,7 +187,7 @@ def http_reply(result: Any, shape: str) -> tuple[int, list[tuple[str, str]], byt
 
 class Gateway:
     def __init__(self, routes: dict[str, Handler], shape: str = "url", *, strip_prefix: bool | None = None,
-                 base64_bodies: str = "auto", stage: str = "release", time_limit_ms: int = 3000,
+                 base64_bodies: str = "auto", stage: str = "release", time_limit_ms: int | None = None,
                  memory_limit_mb: int = 128, function_names: dict[str, str] | None = None,
                  max_body: int = MAX_BODY):
         if shape not in SHAPES:
@@ -206,6 +208,12 @@ class Gateway:
         self._server: _GatewayServer | None = None
         self._thread: threading.Thread | None = None
         self._url: str | None = None
+
+    def _time_limit_ms(self, name: str) -> int:
+        """The given limit; else our function's timeout from serverless.yml, else SCF's 3 s default."""
+        if self.time_limit_ms is not None:
+            return self.time_limit_ms
+        return FUNCTION_TIMEOUT_S.get(name, 3) * 1000
 
     def add_route(self, prefix: str, handler: Handler, name: str | None = None) -> None:
         """Serve `handler` under `prefix` (also once started: the URL can be known first)."""
@@ -267,7 +275,7 @@ class Gateway:
         else:
             event = apigw_event(method, event_path, headers, query, body, client_ip, api_path=prefix,
                                 stage=self.stage, request_id=request_id, base64_mode=self.base64_bodies)
-        context = scf_context(name, request_id, time_limit_ms=self.time_limit_ms,
+        context = scf_context(name, request_id, time_limit_ms=self._time_limit_ms(name),
                               memory_limit_mb=self.memory_limit_mb)
         try:
             result = self._routes[prefix](event, context)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import deadline
 from shared.errors import (
     BadRequest,
     CloudPayError,
@@ -213,7 +214,8 @@ def serve(event: Any, context: Any, endpoint: Callable[[Request], tuple[int, Any
     request: Request | None = None
     try:
         request = parse_event(event, context, max_body=max_body)
-        status, payload = endpoint(request)
+        with deadline.for_http_invocation(context, name, started):
+            status, payload = endpoint(request)
         reply = response(status, payload)
         outcome = "ok"
     except CloudPayError as error:

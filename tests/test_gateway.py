@@ -68,7 +68,7 @@ def test_function_url_event_and_context(start_gateway):
     assert event["headers"]["x-scf-remote-addr"] == "127.0.0.1"   # not the forged value
     assert "requestContext" not in event and "isBase64Encoded" not in event
     assert context["function_name"] == "prepare" and context["request_id"]
-    assert context["time_limit_in_ms"] == 3000 and context["memory_limit_in_mb"] == 128
+    assert context["time_limit_in_ms"] == 10_000 and context["memory_limit_in_mb"] == 128   # prepare's timeout
     assert {"function_version", "namespace", "tencentcloud_region", "environment"} <= set(context)
 
     request = parse_event(event, context)

@@ -22,15 +22,19 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
+from shared import deadline
 from shared.errors import StoreConflict, StoreUnavailable
 from shared.store.port import INDEXES, OrderStore, Sort, Where, now_ms
+
+SELECTION_TIMEOUT_S = 3.0
+SELECTION_STEP_S = 0.5
 
 # Defaults for SCF: an instance serves one request at a time, so a tiny pool suffices;
 # timeouts stay well inside the function timeout.  Options given in the URI win.
 CLIENT_DEFAULTS = {
     "maxPoolSize": 4,
     "minPoolSize": 0,
-    "serverSelectionTimeoutMS": 3000,
+    "serverSelectionTimeoutMS": int(SELECTION_TIMEOUT_S * 1000),
     "connectTimeoutMS": 3000,
     "socketTimeoutMS": 5000,
     # SCF freezes idle instances; pymongo's FaaS detection does not know SCF.
@@ -53,7 +57,19 @@ def _translate(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            left = deadline.store_remaining()
+            if left is None or left >= SELECTION_TIMEOUT_S:
+                return func(*args, **kwargs)
+            if left <= 0:   # the reply is due: no store work may start now
+                raise StoreUnavailable("the order store did not answer in time",
+                                       details={"error": "deadline"})
+            # Less time left than the client's own timeouts: hold this operation to the
+            # invocation's deadline (never longer than those timeouts, see shared.deadline).
+            # pymongo waits for a server in steps of its 0.5 s minimum heartbeat interval,
+            # so a selection timeout of 1.2 s ends after 1.5 s: round down to the step.
+            bound = SELECTION_STEP_S * int(left / SELECTION_STEP_S) or left   # under one step: all of it
+            with pymongo.timeout(bound):
+                return func(*args, **kwargs)
         except DuplicateKeyError as exc:
             raise StoreConflict("a record with this key already exists",
                                 details={"keyValue": (exc.details or {}).get("keyValue")}) from exc
