@@ -945,3 +945,23 @@ def _read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
     threading.Thread(target=pump, daemon=True).start()
     assert found.wait(timeout), "".join(lines)
     return "".join(lines)
+
+
+def test_clock_offset_moves_wechat_pays_clock_and_reset_brings_it_back(sim_merchant):
+    """WeChat Pay's clock `clock_offset_s` away from ours: its Wechatpay-Timestamp, and the
+    5-minute check of our request timestamps (signed with this machine's time)."""
+    configured = sim_merchant.control("POST", "/_sim/config", {"clock_offset_s": 120})
+    assert configured.status_code == 200 and configured.json()["clock_offset_s"] == 120
+    answer = sim_merchant.query("NOSUCH0001")
+    assert answer.status_code == 404 and answer.json()["code"] == "ORDER_NOT_EXIST"   # 120 s: still accepted
+    assert abs(int(answer.headers["Wechatpay-Timestamp"]) - 120 - time.time()) <= 2
+    sim_merchant.sim.configure(clock_offset_s=-400)
+    refused = sim_merchant.query("NOSUCH0001")
+    assert refused.status_code == 401 and refused.json()["code"] == "SIGN_ERROR"
+    assert "5分钟" in refused.json()["message"]
+    for bad in ({"clock_offset_s": 86_401}, {"clock_offset_s": 1.5}, {"clock_offset_s": True}):
+        assert sim_merchant.control("POST", "/_sim/config", bad).status_code == 400, bad
+    assert sim_merchant.sim.clock_offset_s == -400
+    sim_merchant.control("POST", "/_sim/reset")
+    assert sim_merchant.sim.configure()["clock_offset_s"] == 0
+    assert abs(int(sim_merchant.query("NOSUCH0001").headers["Wechatpay-Timestamp"]) - time.time()) <= 2

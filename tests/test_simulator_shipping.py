@@ -22,6 +22,7 @@ pytest_plugins = ["tests.sim_fixtures"]
 STABLE_TOKEN = "/cgi-bin/stable_token"
 UPLOAD = "/wxa/sec/order/upload_shipping_info"
 GET_ORDER = "/wxa/sec/order/get_order"
+IS_TRADE_MANAGED = "/wxa/sec/order/is_trade_managed"
 OPENID = SimMerchant.OPENID
 T1, T2, T3 = "2024-05-01T12:00:00+08:00", "2024-05-01T13:00:00.120+08:00", "2024-05-01T14:00:00Z"
 
@@ -420,6 +421,27 @@ def test_description_is_truncated_at_120_characters(sim_merchant):
     transaction_id = merchant.sim.pay("T20240501005", notify="drop")["order"]["transaction_id"]
     description = get_order(merchant, token(merchant), {"transaction_id": transaction_id})["order"]["description"]
     assert len(description) == 120 and description.endswith("...") and description.startswith("茶" * 117)
+
+
+# --- is_trade_managed -------------------------------------------------------------------
+
+def test_is_trade_managed_answers_the_enrolment_the_control_api_sets(sim_merchant):
+    sim, appid = sim_merchant.sim, sim_merchant.keys.appid
+    access_token = token(sim_merchant)
+    answer = weixin(sim_merchant, IS_TRADE_MANAGED, access_token, {"appid": appid})
+    assert answer.status_code == 200 and answer.json() == {"errcode": 0, "errmsg": "ok", "is_trade_managed": True}
+    configured = sim_merchant.control("POST", "/_sim/config", {"trade_managed": False})
+    assert configured.status_code == 200 and configured.json()["trade_managed"] is False
+    assert weixin(sim_merchant, IS_TRADE_MANAGED, access_token, {"appid": appid}).json()["is_trade_managed"] is False
+    assert sim_merchant.control("POST", "/_sim/config", {"trade_managed": "no"}).status_code == 400
+    assert weixin(sim_merchant, IS_TRADE_MANAGED, access_token, {"appid": "wx0000000000000000"}).json()["errcode"] \
+        == 40013
+    assert weixin(sim_merchant, IS_TRADE_MANAGED, access_token, {}).json()["errcode"] == 47001
+    assert weixin(sim_merchant, IS_TRADE_MANAGED, None, {"appid": appid}).json()["errcode"] == 41001
+    assert weixin(sim_merchant, IS_TRADE_MANAGED, "SIM_STABLE_forged", {"appid": appid}).json()["errcode"] == 40001
+    assert sim.counters()["trade_managed_queries"] == 6
+    sim.reset()
+    assert sim.configure()["trade_managed"] is True
 
 
 # --- access tokens on the shipping routes -----------------------------------------------

@@ -13,6 +13,8 @@ with a control API.
     sim.retire_certificate(old_serial); sim.keys_state()
 
     sim.configure(token_ttl_s=30)                        # short-lived access tokens (access_tokens.py)
+    sim.configure(clock_offset_s=120)                    # WeChat's clock 2 minutes ahead of this machine
+    sim.configure(trade_managed=False)                   # the mini-program is not in shipping management
     sim.access_tokens_state()                            # every token issued, valid or not
     sim.shipping(transaction_id)                         # uploads and state of a payment (shipping.py)
     sim.shipping(); sim.shipping_uploads()               # every payment shipped / every upload request
@@ -49,6 +51,7 @@ BILL_TYPES = ("ALL", "SUCCESS", "REFUND")
 BILL_URL_TTL_S = 300          # WeChat: the download URL is valid for 5 minutes
 BILL_HISTORY_DAYS = 90        # WeChat: bills of the last three months only
 MAX_DELAY_MS = 600_000
+MAX_CLOCK_OFFSET_S = 86_400
 
 
 def _is_int(value: object) -> bool:
@@ -72,7 +75,9 @@ class Simulator:
                  max_retries: int = len(RETRY_SCHEDULE_S), auto_refund_ms: int | None = None,
                  attempt_timeout: float = 5.0):
         self.keys = keys
-        self.clock = clock
+        self._base_clock = clock
+        self.clock_offset_s = 0       # WeChat's clock minus this machine's (configure(clock_offset_s=...))
+        clock = self.clock            # every part reads the simulator's time, offset included
         self.ledger = Ledger(keys.appid, keys.mchid, clock)
         self._background = Background()
         self.signer = Signer(keys, clock=clock)   # every response and notification signature goes through it
@@ -91,6 +96,10 @@ class Simulator:
         self._server: SimHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._url: str | None = None
+
+    def clock(self) -> float:
+        """WeChat's time (epoch seconds): the machine's clock plus `clock_offset_s`."""
+        return self._base_clock() + self.clock_offset_s
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -319,14 +328,23 @@ class Simulator:
 
     def configure(self, *, auto_refund_ms: int | None = None, retry_factor: float | None = None,
                   token_ttl_s: int | None = None, token_refresh_margin_s: int | None = None,
-                  force_refresh_interval_s: int | None = None) -> dict:
+                  force_refresh_interval_s: int | None = None, clock_offset_s: int | None = None,
+                  trade_managed: bool | None = None) -> dict:
         """Complete refunds automatically after `auto_refund_ms`; compress the retry schedule;
         access tokens issued from now on live `token_ttl_s` (1..7200) and are renewed by
         stable_token's normal mode within `token_refresh_margin_s` of their end (default ttl/24:
         300 s of 7200 s; a new ttl without a margin goes back to that default); a forced refresh
-        sooner than `force_refresh_interval_s` (default 30) after the last one does not refresh."""
+        sooner than `force_refresh_interval_s` (default 30) after the last one does not refresh.
+        `clock_offset_s` (-86400..86400) puts WeChat's clock that far from this machine's (its
+        Wechatpay-Timestamp, the 5-minute check of request timestamps, every time it records);
+        `trade_managed` is what is_trade_managed answers (default true: the mini-program is
+        enrolled in WeChat's order shipping management)."""
         if auto_refund_ms is not None:
             _int_in("auto_refund_ms", auto_refund_ms, 0, MAX_DELAY_MS)
+        if clock_offset_s is not None:
+            _int_in("clock_offset_s", clock_offset_s, -MAX_CLOCK_OFFSET_S, MAX_CLOCK_OFFSET_S)
+        if trade_managed is not None and not isinstance(trade_managed, bool):
+            raise SimError(400, "BAD_REQUEST", "trade_managed must be true or false")
         if retry_factor is not None:
             if not isinstance(retry_factor, (int, float)) or isinstance(retry_factor, bool) or retry_factor < 0:
                 raise SimError(400, "BAD_REQUEST", "retry_factor must be a number >= 0")
@@ -336,7 +354,12 @@ class Simulator:
             self.auto_refund_ms = auto_refund_ms
         if retry_factor is not None:
             self.notifier.retry_factor = float(retry_factor)
-        return {"auto_refund_ms": self.auto_refund_ms, "retry_factor": self.notifier.retry_factor, **tokens}
+        if clock_offset_s is not None:
+            self.clock_offset_s = clock_offset_s
+        if trade_managed is not None:
+            self.shipping_book.trade_managed = trade_managed
+        return {"auto_refund_ms": self.auto_refund_ms, "retry_factor": self.notifier.retry_factor,
+                "clock_offset_s": self.clock_offset_s, "trade_managed": self.shipping_book.trade_managed, **tokens}
 
     def access_tokens_state(self) -> list[dict]:
         """Every access token issued since the last reset: kind (stable | legacy), expiry, validity."""
@@ -377,13 +400,14 @@ class Simulator:
 
     def counters(self) -> dict:
         """Requests per `METHOD path`, and token_fetches (/cgi-bin/token), stable_token_fetches,
-        shipping_uploads, shipping_queries (get_order), delivery_list_fetches, jscode2session, sign_errors,
-        faults_triggered
+        shipping_uploads, shipping_queries (get_order), delivery_list_fetches, trade_managed_queries
+        (is_trade_managed), jscode2session, sign_errors, faults_triggered
         (each WeChat counter counts the calls that reached it, refused ones included, faulted ones not)."""
         with self._lock:
             counters = {name: self._events.get(name, 0)
                         for name in ("token_fetches", "stable_token_fetches", "shipping_uploads", "shipping_queries",
-                                     "delivery_list_fetches", "jscode2session", "sign_errors", "faults_triggered")}
+                                     "delivery_list_fetches", "trade_managed_queries", "jscode2session",
+                                     "sign_errors", "faults_triggered")}
             counters["requests"] = dict(self._requests)
             return counters
 
@@ -392,8 +416,9 @@ class Simulator:
         return self._background.wait_idle(timeout)
 
     def reset(self) -> None:
-        """Forget everything but the keys: orders, refunds, deliveries, faults, counters, settings,
-        access tokens and shipping records; back to public-key mode with the default certificate only."""
+        """Forget everything but the keys: orders, refunds, deliveries, faults, counters, settings
+        (the clock offset and trade_managed included), access tokens and shipping records; back to
+        public-key mode with the default certificate only."""
         self._background.cancel_all()
         self.signer.reset()
         self.ledger.reset()
@@ -403,6 +428,7 @@ class Simulator:
         self._fault_book.clear()
         self.auto_refund_ms = self._defaults["auto_refund_ms"]
         self.notifier.retry_factor = self._defaults["retry_factor"]
+        self.clock_offset_s = 0
         with self._lock:
             self._requests.clear()
             self._events.clear()

@@ -23,7 +23,9 @@ Each route calls the `Simulator` method of the same meaning, so tests may use ei
     GET  /_sim/deliveries[?out_trade_no=]   GET /_sim/counters
     GET  /_sim/idle?timeout=            {"idle": bool}
     POST /_sim/config                   {"auto_refund_ms", "retry_factor", "token_ttl_s",
-                                         "token_refresh_margin_s", "force_refresh_interval_s"}
+                                         "token_refresh_margin_s", "force_refresh_interval_s",
+                                         "clock_offset_s": WeChat's clock minus ours (-86400..86400),
+                                         "trade_managed": what is_trade_managed answers}
     GET  /_sim/tokens                   every access token issued (stable and /cgi-bin/token ones)
     GET  /_sim/shipping                 every payment with shipping uploads (or a state set)
     GET  /_sim/shipping/uploads         every upload_shipping_info request, refused ones included

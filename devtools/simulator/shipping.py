@@ -1,7 +1,10 @@
-"""WeChat's mini-program order shipping service: upload_shipping_info and get_order.
+"""WeChat's mini-program order shipping service: upload_shipping_info, get_order, is_trade_managed.
 
     POST /wxa/sec/order/upload_shipping_info?access_token=   (发货信息录入)
     POST /wxa/sec/order/get_order?access_token=              (查询订单发货状态)
+    POST /wxa/sec/order/is_trade_managed?access_token=       (查询小程序是否已开通发货信息管理服务)
+         {"appid"} -> {"errcode": 0, "errmsg": "ok", "is_trade_managed": true|false}, the answer
+         set with Simulator.configure(trade_managed=...)
 
 Both answer HTTP 200 with `{"errcode", "errmsg"}` (0 / "ok" on success), as WeChat does; the
 field rules and errcodes are in shipping_rules.py.  The service knows *paid* payments only
@@ -242,11 +245,22 @@ class ShippingBook:
         self._lock = threading.RLock()
         self._records: dict[str, ShippingRecord] = {}
         self._attempts: list[dict] = []   # every upload request, whether it named a payment or not
+        self.trade_managed = True         # what is_trade_managed answers (Simulator.configure)
 
     def reset(self) -> None:
         with self._lock:
             self._records.clear()
             self._attempts.clear()
+            self.trade_managed = True
+
+    def is_trade_managed(self, body: object, appid: str) -> dict:
+        """POST /wxa/sec/order/is_trade_managed {"appid"}: whether the mini-program is enrolled in
+        the order shipping management service.  An appid that is not ours: 40013 (choice)."""
+        if not isinstance(body, dict) or not isinstance(body.get("appid"), str) or not body["appid"]:
+            return error_answer(47001, "appid 必填")
+        if body["appid"] != appid:
+            return error_answer(40013)
+        return {"errcode": 0, "errmsg": "ok", "is_trade_managed": self.trade_managed}
 
     def _find(self, *, transaction_id: str | None = None, mchid: str | None = None,
               out_trade_no: str | None = None) -> Order:

@@ -169,7 +169,8 @@ def handle_v3(sim: Simulator, request: HttpRequest) -> Reply:
 #                                       47001 (not a JSON object), 44002 (empty), 43002 (not POST)
 #   POST /wxa/sec/order/upload_shipping_info?access_token=   (shipping.py)
 #   POST /wxa/sec/order/get_order?access_token=              (shipping.py)
-#   the two shipping routes check the token first: 41001 missing, 40001 invalid or superseded,
+#   POST /wxa/sec/order/is_trade_managed?access_token=       {appid} -> is_trade_managed (shipping.py)
+#   the shipping routes check the token first: 41001 missing, 40001 invalid or superseded,
 #   42001 expired.  Anything else: 40066 invalid url.
 
 WEIXIN_JSON_TYPE = "application/json; encoding=utf-8"   # what api.weixin.qq.com sends
@@ -242,6 +243,11 @@ def _get_order(sim: Simulator, request: HttpRequest) -> Reply:
     return _shipping_call(sim, request, "shipping_queries", sim.shipping_book.get_order)
 
 
+def _is_trade_managed(sim: Simulator, request: HttpRequest) -> Reply:
+    return _shipping_call(sim, request, "trade_managed_queries",
+                          lambda body: sim.shipping_book.is_trade_managed(body, sim.keys.appid))
+
+
 def _get_delivery_list(sim: Simulator, request: HttpRequest) -> Reply:
     """The express companies WeChat knows (delivery_id, delivery_name): the ones the
     simulator's upload accepts (the real list has about 1,400)."""
@@ -256,6 +262,7 @@ def _get_delivery_list(sim: Simulator, request: HttpRequest) -> Reply:
 UPLOAD_SHIPPING_INFO_PATH = "/wxa/sec/order/upload_shipping_info"
 DELIVERY_LIST_PATH = "/cgi-bin/express/delivery/open_msg/get_delivery_list"
 GET_ORDER_PATH = "/wxa/sec/order/get_order"
+IS_TRADE_MANAGED_PATH = "/wxa/sec/order/is_trade_managed"
 STABLE_TOKEN_PATH = "/cgi-bin/stable_token"
 _weixin = {
     "/sns/jscode2session": _jscode2session,
@@ -263,6 +270,7 @@ _weixin = {
     STABLE_TOKEN_PATH: _stable_token,
     UPLOAD_SHIPPING_INFO_PATH: _upload_shipping_info,
     GET_ORDER_PATH: _get_order,
+    IS_TRADE_MANAGED_PATH: _is_trade_managed,
     DELIVERY_LIST_PATH: _get_delivery_list,
 }
 WEIXIN_PREFIXES = ("/sns/", "/cgi-bin/", "/wxa/")
