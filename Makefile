@@ -40,12 +40,14 @@ lint: $(STAMP)
 
 check: compat lint
 
-# The demo page's browser test needs Debian's Chromium and its driver.
+# The browser tests (demo page, console) need Debian's Chromium and its driver; the
+# mini-program example's syntax check needs node.
 browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v node >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	else echo "install chromium and chromium-driver (Debian) for the browser test" >&2; exit 1; fi
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    $$(command -v node >/dev/null || echo nodejs) >/dev/null; \
+	else echo "install chromium, chromium-driver and nodejs (Debian) for the browser and example tests" >&2; exit 1; fi
 
 test: check browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -79,9 +81,10 @@ lock: $(STAMP)
 	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.10 --python-platform x86_64-manylinux_2_17 \
 	  --generate-hashes --custom-compile-command "make lock" -o requirements.lock
 
-# Needs serverless-cloud-framework (npm i -g serverless-cloud-framework) and deploy/.env.
+# Needs serverless-cloud-framework (npm i -g serverless-cloud-framework) and ./.env
+# (from .env.example).  The root serverless.yml deploys scf-prepare/, scf-callback/, scf-reconcile/.
 deploy: package
-	cd deploy && scf deploy
+	scf deploy
 
 bench: package
 	$(PY) -m bench

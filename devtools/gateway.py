@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from shared.deadline import FUNCTION_TIMEOUT_S
+from shared.deadline import FUNCTION_TIMEOUT_S, SCF_DEFAULT_TIMEOUT_S
 
 log = logging.getLogger("devtools.gateway")
 
@@ -213,7 +213,7 @@ class Gateway:
         """The given limit; else our function's timeout from serverless.yml, else SCF's 3 s default."""
         if self.time_limit_ms is not None:
             return self.time_limit_ms
-        return FUNCTION_TIMEOUT_S.get(name, 3) * 1000
+        return FUNCTION_TIMEOUT_S.get(name, SCF_DEFAULT_TIMEOUT_S) * 1000
 
     def add_route(self, prefix: str, handler: Handler, name: str | None = None) -> None:
         """Serve `handler` under `prefix` (also once started: the URL can be known first)."""

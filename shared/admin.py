@@ -10,6 +10,9 @@ Event / command                                   result
 {"action": "ship", "outTradeNo", "logisticsType", the shipping upload (SHIPPING_MODE virtual
  "shipping": [{"trackingNo", "expressCompany",     or manual), see shared/shipping.py
  "itemDesc", "receiverContact"?}], "update"?}
+{"action": "doctor"}                              the deployment check: {"ok", "checks": [{"item",
+                                                  "status": ok|warn|fail|skip, "message"}]},
+                                                  see shared/doctor.py
 
 CLI: python -m shared.admin refund OUT_TRADE_NO AMOUNT_FEN [--reason R] [--out-refund-no N]
      python -m shared.admin reconcile YYYY-MM-DD [--force]
@@ -18,7 +21,10 @@ CLI: python -m shared.admin refund OUT_TRADE_NO AMOUNT_FEN [--reason R] [--out-r
      python -m shared.admin redeliver EVENT_ID
      python -m shared.admin ship OUT_TRADE_NO --logistics-type N --item-desc TEXT
                             [--tracking-no T --express-company C [--receiver-contact 189****1234]] [--update]
-It reads the same environment variables as the function (see README).
+     python -m shared.admin doctor      (every role; one line per check; exit 1 if one failed)
+     python -m shared.admin ssm-secret --private-key apiclient_key.pem [--env-file .env] --out FILE|-
+It reads the same environment variables as the function (see README); ssm-secret only
+reads files and writes the secret's JSON (shared/ssm_secret.py).
 """
 
 from __future__ import annotations
@@ -61,6 +67,14 @@ def _handle_event(instance, event, context) -> dict:
     if not isinstance(event, dict):
         return error_result(CloudPayError("the event must be a JSON object", code="BAD_EVENT"))
     try:
+        if event.get("action") == "doctor":
+            # Before anything is built: the doctor reports a configuration that does not load.
+            unknown = set(event) - {"action"}
+            if unknown:
+                raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", code="UNKNOWN_FIELD")
+            from shared.doctor import for_function
+
+            return for_function(instance, context)
         reconciler = instance.reconciler
         if event.get("Type") == "Timer":
             return {"ok": True, "sweep": reconciler.sweep(context)}  # it delivers what it wrote
@@ -108,7 +122,8 @@ def run_action(reconciler, event: dict, context=None) -> dict:
             raise BadRequest("SHIPPING_MODE is off: set it to manual (or virtual) to upload shipping information",
                              code="SHIPPING_OFF")
         return {"ok": True, "shipment": reconciler.shipping.ship(event)}
-    raise BadRequest("action must be refund, reconcile, sweep, setup, redeliver or ship", code="UNKNOWN_ACTION")
+    raise BadRequest("action must be refund, reconcile, sweep, setup, redeliver, ship or doctor",
+                     code="UNKNOWN_ACTION")
 
 
 def error_result(error: CloudPayError) -> dict:
@@ -141,7 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     ship.add_argument("--express-company", help="WeChat's delivery company code, e.g. SF, ZTO, YTO")
     ship.add_argument("--receiver-contact", help="masked phone, e.g. 189****1234 (SF needs it)")
     ship.add_argument("--update", action="store_true", help="the one correction WeChat allows")
+    from shared import ssm_secret
+
+    ssm_secret.add_arguments(sub.add_parser("ssm-secret", help="build the SSM secret's JSON from your key files"))
+    sub.add_parser("doctor", help="check the deployment: every configuration item of every function, "
+                                  "one line each (exit 1 if one failed)")
     args = parser.parse_args(argv)
+    if args.command == "ssm-secret":   # local only: no store, no WeChat Pay
+        return ssm_secret.run(args)
+    if args.command == "doctor":        # its own report, one line per check
+        from shared.doctor import cli
+
+        return cli()
 
     event: dict = {"action": args.command}
     if args.command == "refund":

@@ -25,6 +25,7 @@ import base64
 import gzip
 import hashlib
 import re
+import secrets
 import threading
 import time
 import zlib
@@ -196,6 +197,18 @@ class BillArchive:
         self._call("put", key, lambda: self.client.put_object(
             Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, ContentMD5=content_md5,
             Metadata=metadata), size=len(body))
+        return key
+
+    def write_probe(self) -> str:
+        """Put a small object under the prefix and delete it (the doctor: the bucket takes
+        writes with these credentials); its key.  ArchiveUnavailable when either fails."""
+        key = f"{self.prefix}doctor-probe-{secrets.token_hex(8)}.txt"
+        body = b"cloudpay-scf doctor: a probe object, deleted at once\n"
+        content_md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode("ascii")
+        self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                                              ContentType="text/plain", ContentMD5=content_md5),
+                   size=len(body))
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
         return key
 
     def exists(self, key: str) -> bool:

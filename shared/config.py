@@ -322,11 +322,45 @@ _VARIABLES: dict[str, tuple[str | None, Any]] = {
 }
 
 
+def parse_variable(variable: str, raw: str, *, full_key_check: bool = False) -> Any:
+    """One variable's value as the functions read it, or the ConfigError they would raise
+    (`full_key_check`: a private key with the full check reconcile makes)."""
+    parse = _VARIABLES[variable][1]
+    if full_key_check and parse is _private_key:
+        parse = _validated_private_key
+    return parse(variable, raw)
+
+
 def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate the variables for `role` from `environ` (default os.environ)."""
+    values = _parse_variables(role, os.environ if environ is None else environ, None)
+    if role in _VERIFYING_ROLES:
+        _check_wechatpay_keys(values)
+    _check_after_payment(role, values)
+    return Config(**values)
+
+
+def parse_config(role: str, environ: Mapping[str, str] | None = None) -> tuple[Config, list[ConfigError]]:
+    """Every variable of `role` read on its own (the doctor): the configuration of those
+    that parsed (one that did not keeps its default) and every problem found, each a
+    ConfigError naming its variable, once per variable.  `load_config` raises the first."""
+    problems: list[ConfigError] = []
+    values = _parse_variables(role, os.environ if environ is None else environ, problems)
+    checks = [_check_wechatpay_keys] if role in _VERIFYING_ROLES else []
+    checks.append(lambda found: _check_after_payment(role, found))
+    for check in checks:
+        try:
+            check(values)
+        except ConfigError as error:
+            if error.variable not in {problem.variable for problem in problems}:
+                problems.append(error)
+    return Config(**values), problems
+
+
+def _parse_variables(role: str, env: Mapping[str, str], problems: list[ConfigError] | None) -> dict[str, Any]:
+    """The parsed values of `role`'s variables; a problem is raised, or kept in `problems`."""
     if role not in REQUIRED_BY_ROLE:
         raise ValueError(f"unknown role {role!r}")
-    env = os.environ if environ is None else environ
     required = REQUIRED_BY_ROLE[role]
     used = set(required) | set(OPTIONAL_BY_ROLE[role])
     values: dict[str, Any] = {"role": role}
@@ -336,17 +370,20 @@ def load_config(role: str, environ: Mapping[str, str] | None = None) -> Config:
         if parse is _private_key and role == "reconcile":
             parse = _validated_private_key
         raw = env.get(variable)
-        if raw is None or raw.strip() == "":
-            if variable in required:
-                raise ConfigError(variable, "is required but not set")
+        try:
+            if raw is None or raw.strip() == "":
+                if variable in required:
+                    raise ConfigError(variable, "is required but not set")
+                continue
+            value = parse(variable, raw)
+        except ConfigError as error:
+            if problems is None:
+                raise
+            problems.append(error)
             continue
-        value = parse(variable, raw)
         if field_name is not None:
             values[field_name] = value
-    if role in _VERIFYING_ROLES:
-        _check_wechatpay_keys(values)
-    _check_after_payment(role, values)
-    return Config(**values)
+    return values
 
 
 def _check_after_payment(role: str, values: dict) -> None:

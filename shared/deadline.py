@@ -30,7 +30,8 @@ FUNCTION_TIMEOUT_S = {"prepare": 10, "callback": 5, "reconcile": 120}
 # first delivery; reconcile a useful share of a sweep.  doctor and the deployment test
 # refuse a shorter timeout.
 MIN_TIMEOUT_S = {"prepare": 8, "callback": 4, "reconcile": 30}
-REPLY_MARGIN_S = 0.8     # the contract asks for >= 500 ms; the rest covers the driver's overshoot (~0.1 s) and the log flush
+SCF_DEFAULT_TIMEOUT_S = 3   # a function created without a timeout
+REPLY_MARGIN_S = 0.8     # the contract asks for >= 500 ms; the rest is slack for the log flush
 STORE_RESERVE_S = 1.0    # outbound HTTP ends this long before the store must be done
 
 _end: contextvars.ContextVar[float | None] = contextvars.ContextVar("cloudpay_deadline", default=None)
@@ -43,7 +44,7 @@ def timeout_s(context, function: str) -> float:
     limit = context.get("time_limit_in_ms") if isinstance(context, dict) else None
     if type(limit) is int and limit > 0:
         return limit / 1000
-    return float(FUNCTION_TIMEOUT_S[function])
+    return float(FUNCTION_TIMEOUT_S.get(function, SCF_DEFAULT_TIMEOUT_S))
 
 
 @contextmanager

@@ -66,10 +66,12 @@ def flush() -> None:
         pass
 
 
-def set_sink(stream) -> None:
-    """Send log lines elsewhere (tests capture them to check nothing secret is logged)."""
+def set_sink(stream):
+    """Send log lines elsewhere (tests capture them to check nothing secret is logged);
+    returns the previous sink."""
     global _sink
-    _sink = stream
+    previous, _sink = _sink, stream
+    return previous
 
 
 def where(exc: BaseException) -> list[str]:

@@ -174,6 +174,15 @@ class Relay:
         return {"eventId": event_id, "outcome": outcome, "state": current["state"],
                 "attempts": current["attempts"], "lastError": current.get("lastError")}
 
+    # --- the doctor ---------------------------------------------------------------------
+
+    def ping(self) -> tuple[int | None, str | None]:
+        """POST one signed fact of type `cloudpay.ping` (nothing stored), as every delivery is
+        sent: (the status, None) for a 2xx answer, else (the status or None, what failed)."""
+        body = fact_body({"key": f"cloudpay.ping:{secrets.token_hex(8)}", "type": "cloudpay.ping",
+                          "createTime": self._clock()})
+        return self._post(body)
+
     # --- one attempt -------------------------------------------------------------------
 
     def _attempt(self, record: dict) -> str:

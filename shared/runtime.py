@@ -44,6 +44,10 @@ class Instance:
         self._resolved: dict[str, str] = {}
         self._parts: dict[str, Any] = {}
 
+    def raw_environ(self) -> dict[str, str]:
+        """The environment's own variables, without the SSM secret (the doctor reads both)."""
+        return dict(os.environ if self._environ is None else self._environ)
+
     def environ(self) -> dict[str, str]:
         """The environment as the functions see it: variables overlaid with the SSM secret."""
         raw = os.environ if self._environ is None else self._environ

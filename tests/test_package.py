@@ -22,7 +22,6 @@ from devtools.package import (
     normalise,
     read_lock,
 )
-from shared.config import REQUIRED_BY_ROLE
 from tests.keys import make_environ
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,35 +181,3 @@ def test_zips_stay_small(packages):
     sizes = {name: path.stat().st_size for name, path in packages.items()}
     print("package sizes (MiB):", {k: round(v / 1_048_576, 1) for k, v in sizes.items()})
     assert all(size < 15 * 1_048_576 for size in sizes.values()), sizes
-
-
-def _yaml(path: Path) -> dict:
-    import yaml  # PyYAML comes with moto
-
-    return yaml.safe_load(path.read_text())
-
-
-def test_deploy_config_wires_every_handler_and_required_variable():
-    app = _yaml(ROOT / "deploy" / "serverless.yml")
-    assert app["app"] and "stage" in app
-    for function in FUNCTIONS:
-        instance = _yaml(ROOT / "deploy" / function / "serverless.yml")
-        inputs = instance["inputs"]
-        assert instance["component"] == "scf" and inputs["runtime"] == "Python3.10"
-        src = (ROOT / "deploy" / function / inputs["src"]["src"]).resolve()
-        assert src == (ROOT / "dist" / function).resolve()
-        module, _, handler = inputs["handler"].partition(".")
-        assert (module, handler) == ("index", "main_handler")
-        assert (ROOT / "functions" / function / f"{module}.py").exists()
-        variables = inputs["environment"]["variables"]
-        missing = [v for v in REQUIRED_BY_ROLE[function] if v not in variables]
-        assert missing == [], (function, missing)
-        for name, value in variables.items():  # no secret committed: every value from the environment
-            assert value == f"${{env:{name}}}" or value.startswith("${env:"), (function, name)
-        assert inputs["vpcConfig"] and inputs["publicAccess"] is True
-        assert 1 <= inputs["timeout"] <= 900
-    timer = _yaml(ROOT / "deploy" / "reconcile" / "serverless.yml")["inputs"]["events"][0]["timer"]
-    assert timer["parameters"]["enable"] is True
-    for function in ("prepare", "callback"):
-        http = _yaml(ROOT / "deploy" / function / "serverless.yml")["inputs"]["events"][0]["http"]
-        assert http["parameters"]["netConfig"]["enableExtranet"] is True

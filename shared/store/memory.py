@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.errors import StoreConflict, StoreUnavailable
-from shared.store.port import INDEXES, OrderStore, Sort, Where, now_ms
+from shared.store.port import INDEXES, Index, OrderStore, Sort, Where, now_ms
 
 _MISSING = object()
 
@@ -124,6 +124,20 @@ class InMemoryOrderStore(OrderStore):
         with self._lock:
             self._docs("products")
 
+    def ensure_indexes(self) -> None:
+        """Every collection made now; its unique indexes are INDEXES', enforced on every write."""
+        with self._lock:
+            for name in INDEXES:
+                self._docs(name)
+
+    def indexes_found(self) -> dict[str, tuple[Index, ...] | None]:
+        """The declared indexes of each collection that exists (this adapter keeps no others)."""
+        with self._lock:
+            if not self.available:
+                raise StoreUnavailable("the order store is unavailable, try again shortly",
+                                       details={"error": "InMemoryOutage"})
+            return {name: (tuple(INDEXES[name]) if name in self._collections else None) for name in INDEXES}
+
     # --- primitives -------------------------------------------------------------------
 
     def _insert(self, collection: str, doc: dict) -> None:
@@ -180,3 +194,12 @@ class InMemoryOrderStore(OrderStore):
     def _count(self, collection: str, where: Where) -> int:
         with self._lock:
             return sum(1 for doc in self._docs(collection) if _matches(doc, where))
+
+    def _delete_one(self, collection: str, where: Where) -> bool:
+        with self._lock:
+            docs = self._docs(collection)
+            for position, doc in enumerate(docs):
+                if _matches(doc, where):
+                    del docs[position]
+                    return True
+        return False

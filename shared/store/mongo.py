@@ -24,7 +24,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from shared import deadline
 from shared.errors import StoreConflict, StoreUnavailable
-from shared.store.port import INDEXES, OrderStore, Sort, Where, now_ms
+from shared.store.port import INDEXES, Index, OrderStore, Sort, Where, now_ms
 
 SELECTION_TIMEOUT_S = 3.0
 SELECTION_STEP_S = 0.5
@@ -119,6 +119,13 @@ def _sort(sort: Sort) -> list[tuple[str, int]]:
 _NO_ID = {"_id": 0}
 
 
+def _index_of(info: Mapping) -> Index:
+    """An index as listIndexes describes it (directions 1 / -1, or a kind such as "text")."""
+    fields = tuple((name, int(value) if isinstance(value, (int, float)) else str(value))
+                   for name, value in info["key"].items())
+    return Index(fields, str(info.get("name")), bool(info.get("unique")))
+
+
 @_translated
 class MongoOrderStore(OrderStore):
     def __init__(self, uri: str, db_name: str, *, clock=now_ms, client: pymongo.MongoClient | None = None):
@@ -201,3 +208,14 @@ class MongoOrderStore(OrderStore):
 
     def _count(self, collection: str, where: Where) -> int:
         return self._collection(collection).count_documents(_query(where))
+
+    def _delete_one(self, collection: str, where: Where) -> bool:
+        return self._collection(collection).delete_one(_query(where)).deleted_count == 1
+
+    def indexes_found(self) -> dict[str, tuple[Index, ...] | None]:
+        # The collections are listed first: listIndexes on a missing one would create it on
+        # some servers (nx-27017), and _collection() would create the indexes it looks for.
+        db = self._db()
+        existing = set(db.list_collection_names())
+        return {name: (tuple(_index_of(info) for info in db[name].list_indexes() if info.get("name") != "_id_")
+                       if name in existing else None) for name in INDEXES}

@@ -10,7 +10,8 @@ powertools' idempotency persistence layer):
 - failures are `StoreUnavailable` (503) and duplicate keys `StoreConflict` (409).
 
 An adapter implements only the primitives at the bottom of the class (insert, find,
-conditional update, count, upsert, indexes) over conditions written as `Where`, which
+conditional update, count, upsert, indexes; and for the doctor's probe a delete and a
+listing of the indexes the storage holds) over conditions written as `Where`, which
 says "equals / one of / below / at least / absent" in storage-neutral terms.  The two
 adapters are `shared.store.mongo.MongoOrderStore` (the only module that speaks
 MongoDB) and `shared.store.memory.InMemoryOrderStore` (atomic, for fast unit tests);
@@ -28,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from shared import order_states
-from shared.errors import IllegalTransition, StoreConflict, StoreNotFound
+from shared.errors import IllegalTransition, StoreConflict, StoreNotFound, StoreUnavailable
 
 # The five contract collections.
 PRODUCTS, ORDERS, EVENTS, ANOMALIES, REFUNDS = "products", "orders", "events", "anomalies", "refunds"
@@ -111,6 +112,10 @@ INDEXES: Mapping[str, tuple[Index, ...]] = MappingProxyType({
     ),
     WECHAT_CACHE: (_index("key_unique", ("key", 1), unique=True),),
 })
+
+
+def _field_names(index: Index) -> tuple[str, ...]:
+    return tuple(name for name, _ in index.fields)
 
 
 def _frozen(mapping: Mapping | None) -> Mapping:
@@ -584,6 +589,51 @@ class OrderStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional: an adapter without connections has nothing to do
         """Release connections (a rotated configuration builds a new store)."""
 
+    def write_probe(self) -> None:
+        """Write a probe record and delete it again (doctor: the store takes writes).
+        StoreUnavailable when either step fails; nothing is left behind when both succeed."""
+        key = f"doctor_probe:{secrets.token_hex(8)}"
+        self._insert(WECHAT_CACHE, {"key": key, "probe": True, "createTime": self.clock()})
+        if not self._delete_one(WECHAT_CACHE, by(key=key)):
+            raise StoreUnavailable("the probe record written to the store could not be deleted",
+                                   details={"error": "ProbeNotDeleted"})
+
+    def indexes_found(self) -> dict[str, tuple[Index, ...] | None]:
+        """For each collection of INDEXES: the indexes the storage holds for it (names as the
+        storage gives them), or None when the collection does not exist yet.  Read-only: it
+        creates neither collections nor indexes."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its indexes")
+
+    def index_differences(self) -> list[dict]:
+        """What the storage lacks of the declared indexes: `{"collection", "index", "problem"}`
+        with problem "no_collection" (index None: made at first use, or by ensure_indexes),
+        "missing", "not_unique", or "conflict" (an index of that name on other fields: creating
+        ours would fail).  Indexes are matched by their fields in order, not by name (servers
+        name them their own way) nor direction (nx-27017 keeps none, and every query here is
+        equalities then one sort key, which an index serves in either direction)."""
+        found = self.indexes_found()
+        differences = []
+        for collection, declared in INDEXES.items():
+            present = found.get(collection)
+            if present is None:
+                differences.append({"collection": collection, "index": None, "problem": "no_collection"})
+                continue
+            by_fields = {_field_names(index): index for index in present}
+            by_name = {index.name: index for index in present}
+            for index in declared:
+                match = by_fields.get(_field_names(index))
+                named = by_name.get(index.name)
+                if named is not None and _field_names(named) != _field_names(index):
+                    problem = "conflict"
+                elif match is None:
+                    problem = "missing"
+                elif index.unique and not match.unique:
+                    problem = "not_unique"
+                else:
+                    continue
+                differences.append({"collection": collection, "index": index.name, "problem": problem})
+        return differences
+
     # --- the primitives an adapter implements ------------------------------------------
     # Documents go in and come out as plain dicts (no adapter ids); they are copies.
 
@@ -621,3 +671,8 @@ class OrderStore(ABC):
     @abstractmethod
     def _count(self, collection: str, where: Where) -> int:
         """How many documents match."""
+
+    def _delete_one(self, collection: str, where: Where) -> bool:
+        """Delete one matching document: True when one was deleted (only `write_probe`
+        deletes: facts and orders are never deleted)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete")

@@ -522,7 +522,7 @@ class WeChatPayClient:
                 [certificate] = load_certificates(pem)
             except ValueError:
                 raise WeChatPayBadResponse("a platform certificate does not decrypt with the APIv3 key",
-                                           details={"path": path}) from None
+                                           details={"path": path, "check": "decrypt"}) from None
             if certificate.serial != entry["serial_no"].upper():
                 raise WeChatPayBadResponse("a platform certificate's serial differs from its serial_no",
                                            details={"path": path})
@@ -531,6 +531,23 @@ class WeChatPayClient:
                                                      public_key_id=self.keys.public_key_id,
                                                      certificates=certificates, clock=self._clock))
         return certificates
+
+    # --- the doctor ------------------------------------------------------------------
+
+    def probe(self, path: str, *, query: dict[str, str] | None = None):
+        """One signed GET to the main API host, whatever WeChat Pay answers (the doctor's
+        look at the merchant key, WeChat Pay's keys and its clock): the `HttpResponse`,
+        neither verified nor retried, nor sent to the backup domain.  WeChatPayUnreachable
+        when no answer came."""
+        scheme, netloc, prefix = self._bases[0]
+        signed_path = prefix + path + (("?" + urlencode(query)) if query else "")
+        return self._send("GET", scheme, netloc, signed_path, b"", False, path, backup=False)
+
+    def verify_response(self, headers, raw: bytes, path: str) -> None:
+        """The check every 2xx answer must pass (signed by the key its Wechatpay-Serial names,
+        its timestamp within RESPONSE_TOLERANCE): WeChatPayBadResponse otherwise, caused by
+        the NotificationRejected that says which part failed."""
+        self._verify(headers, raw, path)
 
     def request_payment_params(self, prepay_id: str) -> dict:
         """The object the mini-program passes to `wx.requestPayment` (v3, RSA).

@@ -150,3 +150,20 @@ def test_close_releases_the_client_and_a_later_call_reconnects(store, mongo_uri,
     assert own._client is None
     assert own.find_order("CLOSE001") is not None
     own.close()
+
+
+def test_a_dropped_index_is_named_by_its_declared_name(store, mongo_client, db_name):
+    store.ensure_indexes()
+    orders = mongo_client[db_name]["orders"]
+    # Dropped by the name the server gave it (nx-27017 names indexes its own way).
+    [served] = [info["name"] for info in orders.list_indexes() if list(info["key"]) == ["payStatus", "expireTime"]]
+    orders.drop_index(served)
+    assert store.index_differences() == [{"collection": "orders", "index": "status_expire", "problem": "missing"}]
+    orders.create_index([("payStatus", 1), ("expireTime", 1)])
+    assert store.index_differences() == []
+
+
+def test_listing_indexes_creates_nothing(store, mongo_client, db_name):
+    store.indexes_found()
+    store.index_differences()
+    assert mongo_client[db_name].list_collection_names() == []
