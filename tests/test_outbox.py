@@ -222,16 +222,19 @@ def test_a_redirect_is_a_failure_and_is_not_followed(shop_stack):
 def test_a_slow_receiver_is_a_failure_and_the_relay_moves_on(shop_stack, function_env, relay_at):
     shop = shop_stack.shop
     function_env(FULFILMENT_WEBHOOK_URL=None)
-    slow, fast = _paid(shop_stack, "test-slow"), _paid(shop_stack, "test-fast")
+    first, second = _paid(shop_stack, "test-slow"), _paid(shop_stack, "test-fast")
     function_env(FULFILMENT_WEBHOOK_URL=shop.url, FULFILMENT_WEBHOOK_SECRET=SECRET)
-    shop.answer(Answer(200, delay=READ_TIMEOUT_S + 2), then=200)
+    shop.answer(Answer(200, delay=READ_TIMEOUT_S + 12), then=200)
     summary = StepSummary()
     started = time.monotonic()
     relay_at(0).run(summary, _ten_minutes())
-    assert time.monotonic() - started < READ_TIMEOUT_S + 1.9
+    # Far less than the receiver's 15 s: the relay gave up at its read timeout and went on.
+    assert time.monotonic() - started < READ_TIMEOUT_S + 7
     assert summary.counts == {"retry": 1, "delivered": 1}
-    assert shop_stack.store.find_delivery(f"order.paid:{slow}")["lastError"] == "receiver timeout"
-    assert shop_stack.store.find_delivery(f"order.paid:{fast}")["state"] == DONE
+    # Orders are taken in a shuffled order: whichever came first met the slow answer.
+    outcomes = sorted((d["state"], d.get("lastError")) for d in (
+        shop_stack.store.find_delivery(f"order.paid:{number}") for number in (first, second)))
+    assert outcomes == sorted([(DONE, None), (PENDING, "receiver timeout")]), outcomes
 
 
 def test_redeliver_refuses_what_it_cannot_do(shop_stack, function_env):
