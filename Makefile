@@ -67,8 +67,11 @@ $(VENV310)/.installed: requirements.lock requirements-dev.txt
 test310: $(VENV310)/.installed browser
 	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# Ports: make run MONGO_PORT=27018 SIM_PORT=8090 GATEWAY_PORT=8080 SHOP_PORT=8091 (0: any free one).
+RUN_PORTS = $(if $(MONGO_PORT),--mongo-port $(MONGO_PORT)) $(if $(SIM_PORT),--sim-port $(SIM_PORT)) \
+            $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT)) $(if $(SHOP_PORT),--shop-port $(SHOP_PORT))
 run: $(STAMP)
-	$(PY) -m devtools.local_stack
+	$(PY) -m devtools.local_stack $(RUN_PORTS)
 
 demo: $(STAMP)
 	$(PY) -m devtools.demo

@@ -3,12 +3,20 @@ headless, printing each step.
 
 The page plays the mini-program in a browser: it lists the catalog, creates an order
 through `prepare`, asks the simulator to play the user paying, and polls the order's
-status from `prepare` until it changes.  /demo/products and /demo/pay/{outTradeNo} are
-dev-only helpers of the page (the catalog, and the simulator's pay action without CORS).
+status from `prepare` until it changes.  Dev-only helpers of the page, never deployed:
+
+    GET  /demo/products              the active catalog [{sku, name, price}] (price in fen)
+    POST /demo/pay/{outTradeNo}      {"notify": "send"|"drop"}: the simulator's pay action (no CORS)
+    GET  /demo/orders/{outTradeNo}   {"outTradeNo", "payStatus", "paidVia"}: what settled the
+                                     order ("notification" | "query" | "sweep", null while unpaid)
+
+Errors are `{"error": {"code", "message"}}`, as `prepare` answers them (the simulator's own
+`{"code", "message"}` is rewrapped so), so the page reads every error the same way.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -18,8 +26,17 @@ from pathlib import Path
 
 import requests
 
+from shared.errors import StoreUnavailable
+
 PAGE = Path(__file__).with_name("demo_page.html")
 _PAY_RE = re.compile(r"^/pay/([0-9A-Za-z_|*-]{6,32})/?$")
+_ORDER_RE = re.compile(r"^/orders/([0-9A-Za-z_|*-]{6,32})/?$")
+# With "send", /demo/pay waits (at most this long) until the store has the outcome.  The page
+# polls the status after paying, and the status query asks WeChat Pay while the order is
+# unpaid; without the wait the query would often settle the order a few milliseconds before
+# the notification lands, and the "notification arrives" button would look like the iOS case.
+# Whichever really settled it is what /demo/orders reports.
+NOTIFY_WAIT_S = 3.0
 
 
 def _reply(status: int, body, content_type: str = "application/json") -> dict:
@@ -29,24 +46,64 @@ def _reply(status: int, body, content_type: str = "application/json") -> dict:
             "body": text}
 
 
+def _error(status: int, code: str, message: str) -> dict:
+    return _reply(status, {"error": {"code": code, "message": message}})
+
+
 def demo_routes(sim_url: str, store) -> dict:
     """Gateway routes for the demo page (Function URL shape: the /demo prefix is stripped)."""
 
+    def pay(out_trade_no: str, event: dict) -> dict:
+        try:
+            raw = event.get("body") or "{}"
+            body = json.loads(base64.b64decode(raw) if event.get("isBase64Encoded") else raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "INVALID_JSON", "the body must be a JSON object")
+        notify = "drop" if body.get("notify") == "drop" else "send"
+        try:
+            answer = requests.post(f"{sim_url}/_sim/orders/{out_trade_no}/pay", json={"notify": notify}, timeout=10)
+            data = answer.json()
+        except (requests.RequestException, ValueError):
+            return _error(502, "SIMULATOR_UNREACHABLE", "the WeChat Pay simulator did not answer")
+        if not answer.ok:
+            data = data if isinstance(data, dict) else {}
+            return _error(answer.status_code, str(data.get("code") or "SIMULATOR_ERROR"),
+                          str(data.get("message") or f"the simulator answered {answer.status_code}"))
+        if notify == "send":
+            deadline = time.monotonic() + NOTIFY_WAIT_S
+            while time.monotonic() < deadline:
+                order = store.find_order(out_trade_no)
+                if order is None or order.get("payStatus") != "NOTPAY":
+                    break
+                time.sleep(0.05)
+        return _reply(answer.status_code, data)
+
+    def paid_via(out_trade_no: str) -> dict:
+        order = store.find_order(out_trade_no)
+        if order is None:
+            return _error(404, "ORDER_NOT_FOUND", "no such order")
+        return _reply(200, {"outTradeNo": order["outTradeNo"], "payStatus": order.get("payStatus"),
+                            "paidVia": order.get("paidVia")})
+
     def handler(event, context):
         path, method = event.get("path") or "/", event.get("httpMethod")
-        if method == "GET" and path in ("/", ""):
-            return _reply(200, PAGE.read_text(encoding="utf-8"), "text/html")
-        if method == "GET" and path.rstrip("/") == "/products":
-            return _reply(200, [{"sku": p["sku"], "name": p["name"], "price": p["price"]}
-                                for p in store.list_products() if p.get("active") is True])
-        match = _PAY_RE.match(path)
-        if method == "POST" and match:
-            body = json.loads(event.get("body") or "{}")
-            notify = "drop" if body.get("notify") == "drop" else "send"
-            answer = requests.post(f"{sim_url}/_sim/orders/{match.group(1)}/pay", json={"notify": notify},
-                                   timeout=10)
-            return _reply(answer.status_code, answer.json())
-        return _reply(404, {"error": {"code": "ROUTE_NOT_FOUND", "message": "no such demo route"}})
+        try:
+            if method == "GET" and path in ("/", ""):
+                return _reply(200, PAGE.read_text(encoding="utf-8"), "text/html")
+            if method == "GET" and path.rstrip("/") == "/products":
+                return _reply(200, [{"sku": p["sku"], "name": p["name"], "price": p["price"]}
+                                    for p in store.list_products() if p.get("active") is True])
+            match = _PAY_RE.match(path)
+            if method == "POST" and match:
+                return pay(match.group(1), event)
+            match = _ORDER_RE.match(path)
+            if method == "GET" and match:
+                return paid_via(match.group(1))
+        except StoreUnavailable:
+            return _error(503, "STORE_UNAVAILABLE", "the order store could not be reached; retry shortly")
+        return _error(404, "ROUTE_NOT_FOUND", "no such demo route")
 
     return {"/demo": handler}
 
@@ -79,7 +136,8 @@ def run_loop(gateway_url: str, say=print) -> bool:
         while state == "NOTPAY" and time.monotonic() < deadline:
             time.sleep(0.5)
             state = session.get(status_url, headers=headers, timeout=15).json()["payStatus"]
-        step(f"GET status -> {state}")
+        via = session.get(f"{gateway_url}/demo/orders/{order['outTradeNo']}", timeout=15).json().get("paidVia")
+        step(f"GET status -> {state}" + (f" (confirmed by the {via})" if via else ""))
         ok = ok and state == "SUCCESS"
     say("\nresult: " + ("both orders confirmed paid by the server" if ok else "FAILED"))
     return ok

@@ -47,9 +47,10 @@ def _port_answers(port: int) -> bool:
 
 
 class PortInUse(RuntimeError):
-    def __init__(self, port: int):
-        super().__init__(f"something already listens on 127.0.0.1:{port}; it was not started here, so it is "
-                         "not used (it may be a real database). Choose another port, or stop that server.")
+    def __init__(self, port: int, what: str = "MongoDB"):
+        hint = " (it may be a real database)" if what == "MongoDB" else ""
+        super().__init__(f"port {port} for {what}: something already listens on 127.0.0.1:{port}; it was not "
+                         f"started here, so it is not used{hint}. Choose another port, or stop that server.")
         self.port = port
 
 

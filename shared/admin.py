@@ -23,8 +23,10 @@ CLI: python -m shared.admin refund OUT_TRADE_NO AMOUNT_FEN [--reason R] [--out-r
                             [--tracking-no T --express-company C [--receiver-contact 189****1234]] [--update]
      python -m shared.admin doctor      (every role; one line per check; exit 1 if one failed)
      python -m shared.admin ssm-secret --private-key apiclient_key.pem [--env-file .env] --out FILE|-
-It reads the same environment variables as the function (see README); ssm-secret only
-reads files and writes the secret's JSON (shared/ssm_secret.py).
+     python -m shared.admin products load FILE.json|FILE.csv   (integer fen prices; all or nothing)
+It reads the same environment variables as the function (see README), or the file named
+by CLOUDPAY_ENV_FILE; without MONGODB_URI it uses the running `make run` stack's
+(.local/stack.env).  ssm-secret only reads files and writes the secret's JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import re
 import sys
 from datetime import date
+from pathlib import Path
 
 from shared.errors import BadRequest, CloudPayError
 from shared.log import flush as flush_logs
@@ -161,13 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     ssm_secret.add_arguments(sub.add_parser("ssm-secret", help="build the SSM secret's JSON from your key files"))
     sub.add_parser("doctor", help="check the deployment: every configuration item of every function, "
                                   "one line each (exit 1 if one failed)")
+    products = sub.add_parser("products", help="the catalog").add_subparsers(dest="products", required=True)
+    products.add_parser("load", help="load a JSON or CSV catalog (integer fen prices)").add_argument("file")
     args = parser.parse_args(argv)
+    from shared import log as log_module
+
+    log_module.set_sink(sys.stderr)   # stdout holds the command's answer alone
     if args.command == "ssm-secret":   # local only: no store, no WeChat Pay
         return ssm_secret.run(args)
+    _use_local_stack_environ()
     if args.command == "doctor":        # its own report, one line per check
         from shared.doctor import cli
 
         return cli()
+    if args.command == "products":
+        return _load_products(args.file)
 
     event: dict = {"action": args.command}
     if args.command == "refund":
@@ -193,6 +204,47 @@ def main(argv: list[str] | None = None) -> int:
     result = handle_event(runtime.instance("reconcile"), event)
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0 if result.get("ok") else 1
+
+
+# `make run` writes the local stack's environment here (devtools/local_stack.py).
+LOCAL_STACK_ENV = Path(".local") / "stack.env"
+ENV_FILE_VAR = "CLOUDPAY_ENV_FILE"
+
+
+def _use_local_stack_environ() -> None:
+    """The environment to run against: CLOUDPAY_ENV_FILE when set; else, with no
+    MONGODB_URI in the environment, the running local stack's (.local/stack.env);
+    else the environment itself."""
+    import os
+
+    named = os.environ.get(ENV_FILE_VAR)
+    path = Path(named) if named else LOCAL_STACK_ENV
+    if not named and (os.environ.get("MONGODB_URI") or not path.is_file()):
+        return
+    if not path.is_file():
+        raise SystemExit(f"{ENV_FILE_VAR}={named}: no such file")
+    from shared import runtime
+    from shared.env_file import read_env_file
+
+    print(f"using the environment in {path}", file=sys.stderr)
+    runtime.configure({**os.environ, **read_env_file(path)})
+
+
+def _load_products(file: str) -> int:
+    from shared import runtime
+    from shared.catalog import CatalogInvalid, load_catalog, read_catalog
+
+    try:
+        products = read_catalog(Path(file))
+        result = load_catalog(runtime.instance("store").store, products)
+    except CatalogInvalid as error:
+        print(error.message, file=sys.stderr)
+        return 1
+    except CloudPayError as error:
+        print(json.dumps(error_result(error), ensure_ascii=False, indent=2))
+        return 1
+    print(json.dumps({"ok": True, **result}, ensure_ascii=False))
+    return 0
 
 
 if __name__ == "__main__":

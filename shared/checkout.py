@@ -50,7 +50,8 @@ ALLOWED_ITEM_FIELDS = frozenset({"sku", "quantity"})
 # Compared after lower-casing and dropping "_" and "-".
 PRICE_FIELDS = frozenset({"totalfee", "price", "amount", "total", "fee", "unitprice", "payertotal",
                           "cost", "sum"})
-_SKU_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A product code: letters, digits, "_", "." and "-", 1 to 64 of them (README, "products").
+SKU_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _IDEM_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 _CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _ORDER_NO_RE = re.compile(r"^[0-9A-Za-z_|*-]{6,32}$")
@@ -122,7 +123,7 @@ def parse_order_request(body: dict) -> tuple[str, list[dict], str | None]:
             raise BadRequest(f"items[{index}] must be an object", code="INVALID_ITEMS")
         _refuse_unknown(item.keys(), ALLOWED_ITEM_FIELDS, f"items[{index}]")
         sku, quantity = item.get("sku"), item.get("quantity")
-        if not isinstance(sku, str) or not _SKU_RE.match(sku):
+        if not isinstance(sku, str) or not SKU_RE.match(sku):
             raise BadRequest(f"items[{index}].sku must be a product code", code="INVALID_SKU")
         if type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
             raise BadRequest(f"items[{index}].quantity must be a whole number 1..{MAX_QUANTITY}",

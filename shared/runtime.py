@@ -33,9 +33,10 @@ SSM_NAME_VAR = "CLOUDPAY_SSM_SECRET_NAME"
 class Instance:
     """The configuration and the built parts of one function role in this process."""
 
-    def __init__(self, role: str, environ: Mapping[str, str] | None = None, *, secrets=None):
+    def __init__(self, role: str, environ: Mapping[str, str] | None = None, *, secrets=None, clock=None):
         self.role = role
         self._environ = environ            # None: os.environ, read at every request
+        self._clock = clock                # the store's clock (epoch ms); None: the real one
         self._secrets = secrets            # the SSM cache, made when a secret is configured
         self._lock = threading.RLock()     # builders nest (a service builds the store)
         self._fingerprint: int | None = None
@@ -103,7 +104,8 @@ class Instance:
         def build(config):
             from shared.store.mongo import MongoOrderStore
 
-            store = MongoOrderStore(config.mongodb_uri, config.mongodb_db)
+            store = MongoOrderStore(config.mongodb_uri, config.mongodb_db,
+                                    **({"clock": self._clock} if self._clock is not None else {}))
             if config.fulfilment_webhook_url:
                 from shared.outbox import note_fact
 
@@ -246,6 +248,7 @@ class Instance:
 
 _instances: dict[str, Instance] = {}
 _environ: Mapping[str, str] | None = None
+_clock: Callable[[], int] | None = None
 _secrets = None  # one SSM cache serves every role of the process
 _lock = threading.Lock()
 
@@ -266,16 +269,18 @@ def instance(role: str) -> Instance:
         with _lock:
             found = _instances.get(role)
             if found is None:
-                found = _instances[role] = Instance(role, _environ, secrets=_secrets)
+                found = _instances[role] = Instance(role, _environ, secrets=_secrets, clock=_clock)
     return found
 
 
-def configure(environ: Mapping[str, str] | None) -> None:
+def configure(environ: Mapping[str, str] | None, *, clock: Callable[[], int] | None = None) -> None:
     """Use `environ` instead of `os.environ` from now on (None: back to os.environ);
-    every instance is rebuilt from it."""
-    global _environ
+    every instance is rebuilt from it.  `clock` (epoch ms) is the stores' time: the local
+    stack's test clock moves it forward, so expiry and retries come without waiting."""
+    global _environ, _clock
     with _lock:
         _environ = None if environ is None else dict(environ)
+        _clock = clock
         _reset_locked()
 
 

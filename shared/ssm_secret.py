@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from shared.config import OPTIONAL_BY_ROLE, REQUIRED_BY_ROLE, parse_variable
+from shared.env_file import read_env_file
 from shared.errors import ConfigError
 
 # The secret values of the configuration contract (shared.config.SECRET_FIELDS).
@@ -30,26 +30,6 @@ SECRET_VARIABLES = ("MONGODB_URI", "WECHAT_APPSECRET", "WECHATPAY_PRIVATE_KEY", 
 ESSENTIAL = ("MONGODB_URI", "WECHAT_APPSECRET", "WECHATPAY_PRIVATE_KEY", "WECHATPAY_APIV3_KEY",
              "ORDER_TOKEN_SECRET")
 MAX_PRIVATE_KEY_BYTES = 16 * 1024
-_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines as dotenv reads them: # comments, 'single' quotes kept literal,
-    "double" quotes with \\n turned into line breaks, unquoted values trimmed."""
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        match = _LINE_RE.match(line)
-        if match is None or line.lstrip().startswith("#"):
-            continue
-        name, raw = match.group(1), match.group(2).strip()
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            value = raw[1:-1].replace("\\n", "\n").replace('\\"', '"')
-        elif len(raw) >= 2 and raw[0] == raw[-1] == "'":
-            value = raw[1:-1]
-        else:
-            value = raw.split(" #", 1)[0].strip()
-        values[name] = value
-    return values
 
 
 def _variables_of(function: str | None) -> tuple[str, ...]:

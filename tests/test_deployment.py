@@ -20,7 +20,8 @@ import yaml
 
 from shared import deadline
 from shared.config import OPTIONAL_BY_ROLE, REQUIRED_BY_ROLE, load_config
-from shared.ssm_secret import SECRET_VARIABLES, read_env_file
+from shared.env_file import read_env_file
+from shared.ssm_secret import SECRET_VARIABLES
 from tests import keys
 
 ROOT = Path(__file__).resolve().parent.parent

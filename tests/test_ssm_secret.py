@@ -15,7 +15,7 @@ import pytest
 
 from shared import ssm_secret
 from shared.config import load_config
-from shared.ssm_secret import read_env_file
+from shared.env_file import format_env_line, read_env_file
 from tests import keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +134,12 @@ def test_the_env_file_reader_matches_dotenv_quoting(tmp_path):
     assert read_env_file(path) == {"A": "x\ny", "B": "x\\ny", "C": "plain", "E": "1", "F": ""}
     example = read_env_file(ROOT / ".env.example")
     assert example["WECHATPAY_PRIVATE_KEY"].startswith("-----BEGIN PRIVATE KEY-----\n")
+
+
+def test_env_lines_read_back_as_written(tmp_path):
+    values = {"WECHATPAY_PRIVATE_KEY": keys.merchant_keys().private_pem, "PLAIN": "a b", "EMPTY": ""}
+    path = tmp_path / "round.env"
+    path.write_text("".join(format_env_line(name, value) for name, value in values.items()))
+    assert read_env_file(path) == values
+    with pytest.raises(ValueError):
+        format_env_line("X", 'has "quotes"')

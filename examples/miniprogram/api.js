@@ -1,47 +1,113 @@
 // Calls to the `prepare` function. Amounts are integer fen; the server prices the cart.
-const API_BASE = 'https://YOUR-PREPARE-FUNCTION-URL' // e.g. https://1250000000-abc.ap-guangzhou.tencentscf.com
+// Promises and callbacks only (no async/await): runs without DevTools' ES5/enhanced compile.
+var config = require('./config.js')
+
+var REQUEST_TIMEOUT_MS = 15000
+
+// An Error carrying the server's human message, plus its code and any public fields
+// (ORDER_ALREADY_PAID adds outTradeNo and orderToken).
+function apiError(message, code, status, extra) {
+  var error = new Error(message)
+  error.code = code
+  error.status = status
+  return Object.assign(error, extra || {})
+}
 
 function request(method, path, data, headers) {
-  return new Promise((resolve, reject) => {
+  if (!config.configured) {
+    return Promise.reject(apiError('Set API_BASE in config.js to the Function URL of prepare.', 'NOT_CONFIGURED', 0))
+  }
+  return new Promise(function (resolve, reject) {
     wx.request({
-      url: API_BASE + path,
-      method,
-      data,
+      url: config.API_BASE + path,
+      method: method,
+      data: data,
       header: Object.assign({'Content-Type': 'application/json'}, headers || {}),
-      timeout: 15000,
-      success: (res) => {
-        if (res.statusCode >= 200 && res.statusCode < 300) return resolve(res.data)
-        const error = (res.data && res.data.error) || {code: 'HTTP_' + res.statusCode, message: 'request failed'}
-        reject(Object.assign(new Error(error.message), {code: error.code, status: res.statusCode}))
+      timeout: REQUEST_TIMEOUT_MS,
+      success: function (res) {
+        if (res.statusCode >= 200 && res.statusCode < 300) {
+          resolve(res.data)
+          return
+        }
+        // 4xx/5xx answers are {"error": {"code", "message", ...}}: show the message, keep the code.
+        var body = res.data && typeof res.data === 'object' ? res.data.error : null
+        if (body && body.message) {
+          var extra = {}
+          Object.keys(body).forEach(function (key) {
+            if (key !== 'code' && key !== 'message') extra[key] = body[key]
+          })
+          reject(apiError(body.message, body.code, res.statusCode, extra))
+        } else {
+          reject(apiError('The server answered HTTP ' + res.statusCode + '. Please try again.', 'HTTP_' + res.statusCode,
+            res.statusCode))
+        }
       },
-      fail: (err) => reject(Object.assign(new Error(err.errMsg || 'network error'), {code: 'NETWORK'})),
+      fail: function (err) {
+        var detail = err && err.errMsg ? ' (' + err.errMsg + ')' : ''
+        reject(apiError('Could not reach the server' + detail + '. Check your connection and try again.', 'NETWORK', 0))
+      },
     })
   })
 }
 
 function login() {
-  return new Promise((resolve, reject) => {
-    wx.login({success: (r) => (r.code ? resolve(r.code) : reject(new Error('wx.login gave no code'))), fail: reject})
+  return new Promise(function (resolve, reject) {
+    wx.login({
+      success: function (res) {
+        if (res.code) resolve(res.code)
+        else reject(apiError('WeChat login gave no code. Please try again.', 'LOGIN_NO_CODE', 0))
+      },
+      fail: function (err) {
+        reject(apiError('WeChat login failed (' + (err && err.errMsg) + '). Please try again.', 'LOGIN_FAILED', 0))
+      },
+    })
   })
 }
 
-// One key per checkout attempt: a retry after a timeout returns the same order.
+// A fresh key for each checkout attempt: retrying that attempt (e.g. after a timeout)
+// with the same key gets the same order back instead of a second one.
 function newIdempotencyKey() {
-  return 'ck-' + Date.now().toString(36) + '-' + Math.random().toString(36).slice(2, 10)
+  var random = Math.random().toString(36).slice(2, 10) + Math.random().toString(36).slice(2, 10)
+  return 'ck-' + Date.now().toString(36) + '-' + random
 }
 
-async function createOrder(items, idempotencyKey) {
-  const code = await login() // a code is single-use: get a fresh one for every attempt
-  return request('POST', '/orders', {code, items, idempotencyKey})
+// POST /orders. A login code is single-use, so every call gets a fresh one.
+function createOrder(items, idempotencyKey) {
+  return login().then(function (code) {
+    return request('POST', '/orders', {code: code, items: items, idempotencyKey: idempotencyKey})
+  })
 }
 
+// GET /orders/{outTradeNo}: {outTradeNo, payStatus, totalFee, paidAt}.
 function orderStatus(outTradeNo, orderToken) {
   return request('GET', '/orders/' + encodeURIComponent(outTradeNo), undefined, {'X-Order-Token': orderToken})
 }
 
-// Fen to a yuan string with integer arithmetic (1990 -> "19.90"); never divide money as floats.
-function yuan(fen) {
-  return Math.floor(fen / 100) + '.' + String(fen % 100).padStart(2, '0')
+// wx.requestPayment as a promise that always resolves: {outcome, errMsg}, outcome being
+// 'returned' (success callback), 'cancelled' (the user closed the sheet) or 'failed'.
+// None of them is proof of anything; only GET /orders/{outTradeNo} is.
+function requestPayment(payment) {
+  return new Promise(function (resolve) {
+    wx.requestPayment({
+      timeStamp: payment.timeStamp,
+      nonceStr: payment.nonceStr,
+      package: payment.package,
+      signType: payment.signType,
+      paySign: payment.paySign,
+      success: function (res) {
+        resolve({outcome: 'returned', errMsg: res && res.errMsg})
+      },
+      fail: function (err) {
+        var errMsg = (err && err.errMsg) || ''
+        resolve({outcome: errMsg.indexOf('cancel') >= 0 ? 'cancelled' : 'failed', errMsg: errMsg})
+      },
+    })
+  })
 }
 
-module.exports = {createOrder, orderStatus, newIdempotencyKey, yuan}
+module.exports = {
+  createOrder: createOrder,
+  orderStatus: orderStatus,
+  requestPayment: requestPayment,
+  newIdempotencyKey: newIdempotencyKey,
+}
