@@ -41,13 +41,15 @@ lint: $(STAMP)
 check: compat lint
 
 # The browser tests (demo page, console) need Debian's Chromium and its driver; the
-# mini-program example's syntax check needs node.
+# mini-program example's syntax check needs node; the walk-through test needs curl.
+BROWSER_TOOLS = chromium chromedriver node curl
 browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v node >/dev/null; then :; \
+	@missing=""; for tool in $(BROWSER_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
-	    $$(command -v node >/dev/null || echo nodejs) >/dev/null; \
-	else echo "install chromium, chromium-driver and nodejs (Debian) for the browser and example tests" >&2; exit 1; fi
+	  packages=$$(echo "$$missing" | sed 's/chromedriver/chromium-driver/; s/node/nodejs/'); \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$packages >/dev/null; \
+	else echo "install these Debian packages for the browser and example tests:$$missing" >&2; exit 1; fi
 
 test: check browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
