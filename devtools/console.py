@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from devtools.demo import error_reply, reply
+
 PAGE = Path(__file__).with_name("console_page.html")
 _ORDER_RE = re.compile(r"^/api/orders/([0-9A-Za-z_|*-]{6,32})/?$")
 _ACTION_RE = re.compile(r"^/api/orders/([0-9A-Za-z_|*-]{6,32})/([a-z_]{2,20})/?$")
@@ -74,17 +76,6 @@ class TestClock:
         return real_ms + offset
 
 
-def _reply(status: int, body, content_type: str = "application/json") -> dict:
-    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
-    return {"isBase64Encoded": False, "statusCode": status,
-            "headers": {"Content-Type": f"{content_type}; charset=utf-8", "Cache-Control": "no-store"},
-            "body": text}
-
-
-def _error(status: int, code: str, message: str) -> dict:
-    return _reply(status, {"error": {"code": code, "message": message}})
-
-
 class ConsoleError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
@@ -107,30 +98,30 @@ class Console:
         path, method = event.get("path") or "/", event.get("httpMethod")
         try:
             if method == "GET" and path in ("/", ""):
-                return _reply(200, PAGE.read_text(encoding="utf-8"), "text/html")
+                return reply(200, PAGE.read_text(encoding="utf-8"), "text/html")
             if path.rstrip("/") == "/api/orders":
                 if method == "GET":
                     state = (event.get("queryString") or {}).get("state") or None
-                    return _reply(200, self.orders(state))
+                    return reply(200, self.orders(state))
                 if method == "POST":
-                    return _reply(200, self.create_order(_body(event)))
+                    return reply(200, self.create_order(_body(event)))
             match = _ORDER_RE.match(path)
             if method == "GET" and match:
-                return _reply(200, self.order(match.group(1)))
+                return reply(200, self.order(match.group(1)))
             match = _ACTION_RE.match(path)
             if method == "POST" and match:
-                return _reply(200, self.act(match.group(1), match.group(2), _body(event)))
+                return reply(200, self.act(match.group(1), match.group(2), _body(event)))
             if method == "GET" and path.rstrip("/") == "/api/anomalies":
-                return _reply(200, self.anomalies())
+                return reply(200, self.anomalies())
             if path.rstrip("/") == "/api/clock":
                 if method == "POST":
-                    return _reply(200, self.advance(_body(event).get("advanceMinutes")))
-                return _reply(200, self.clock_state())
+                    return reply(200, self.advance(_body(event).get("advanceMinutes")))
+                return reply(200, self.clock_state())
             if method == "POST" and path.rstrip("/") == "/api/sweep":
-                return _reply(200, {"sweep": self.sweep()})
-            return _error(404, "ROUTE_NOT_FOUND", f"no console route {method} {path}")
+                return reply(200, {"sweep": self.sweep()})
+            return error_reply(404, "ROUTE_NOT_FOUND", f"no console route {method} {path}")
         except ConsoleError as error:
-            return _error(error.status, error.code, error.message)
+            return error_reply(error.status, error.code, error.message)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -242,11 +233,11 @@ class Console:
         event = {"httpMethod": "POST", "path": "/orders", "headers": {"content-type": "application/json"},
                  "queryString": {}, "body": json.dumps({"code": "test-console", "items": items,
                                                         "idempotencyKey": f"console-{time.time_ns()}"})}
-        reply = self.prepare(event, {"time_limit_in_ms": 10_000})
-        answer = json.loads(reply["body"])
-        if reply["statusCode"] != 200:
+        answered = self.prepare(event, {"time_limit_in_ms": 10_000})
+        answer = json.loads(answered["body"])
+        if answered["statusCode"] != 200:
             error = answer.get("error") or {}
-            raise ConsoleError(reply["statusCode"], error.get("code", "PREPARE_FAILED"), error.get("message", ""))
+            raise ConsoleError(answered["statusCode"], error.get("code", "PREPARE_FAILED"), error.get("message", ""))
         with self._lock:
             self._tokens[answer["outTradeNo"]] = answer["orderToken"]
         return {"outTradeNo": answer["outTradeNo"], "totalFee": answer["totalFee"]}
@@ -306,9 +297,9 @@ class Console:
         token = self._tokens.get(number)
         if token is None:
             raise ConsoleError(409, "NO_ORDER_TOKEN", "only orders created here can be queried as the mini-program")
-        reply = self.prepare({"httpMethod": "GET", "path": f"/orders/{number}", "headers": {"x-order-token": token},
-                              "queryString": {}, "body": ""}, {"time_limit_in_ms": 10_000})
-        return json.loads(reply["body"]).get("payStatus")
+        answered = self.prepare({"httpMethod": "GET", "path": f"/orders/{number}", "headers": {"x-order-token": token},
+                                 "queryString": {}, "body": ""}, {"time_limit_in_ms": 10_000})
+        return json.loads(answered["body"]).get("payStatus")
 
     def advance(self, minutes) -> dict:
         if type(minutes) is not int or not 1 <= minutes <= MAX_ADVANCE_MINUTES:

@@ -39,15 +39,16 @@ _ORDER_RE = re.compile(r"^/orders/([0-9A-Za-z_|*-]{6,32})/?$")
 NOTIFY_WAIT_S = 3.0
 
 
-def _reply(status: int, body, content_type: str = "application/json") -> dict:
+def reply(status: int, body, content_type: str = "application/json") -> dict:
+    """An SCF integrated response (the demo page's and the console's routes)."""
     text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
     return {"isBase64Encoded": False, "statusCode": status,
             "headers": {"Content-Type": f"{content_type}; charset=utf-8", "Cache-Control": "no-store"},
             "body": text}
 
 
-def _error(status: int, code: str, message: str) -> dict:
-    return _reply(status, {"error": {"code": code, "message": message}})
+def error_reply(status: int, code: str, message: str) -> dict:
+    return reply(status, {"error": {"code": code, "message": message}})
 
 
 def demo_routes(sim_url: str, store) -> dict:
@@ -60,16 +61,16 @@ def demo_routes(sim_url: str, store) -> dict:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return _error(400, "INVALID_JSON", "the body must be a JSON object")
+            return error_reply(400, "INVALID_JSON", "the body must be a JSON object")
         notify = "drop" if body.get("notify") == "drop" else "send"
         try:
             answer = requests.post(f"{sim_url}/_sim/orders/{out_trade_no}/pay", json={"notify": notify}, timeout=10)
             data = answer.json()
         except (requests.RequestException, ValueError):
-            return _error(502, "SIMULATOR_UNREACHABLE", "the WeChat Pay simulator did not answer")
+            return error_reply(502, "SIMULATOR_UNREACHABLE", "the WeChat Pay simulator did not answer")
         if not answer.ok:
             data = data if isinstance(data, dict) else {}
-            return _error(answer.status_code, str(data.get("code") or "SIMULATOR_ERROR"),
+            return error_reply(answer.status_code, str(data.get("code") or "SIMULATOR_ERROR"),
                           str(data.get("message") or f"the simulator answered {answer.status_code}"))
         if notify == "send":
             deadline = time.monotonic() + NOTIFY_WAIT_S
@@ -78,22 +79,22 @@ def demo_routes(sim_url: str, store) -> dict:
                 if order is None or order.get("payStatus") != "NOTPAY":
                     break
                 time.sleep(0.05)
-        return _reply(answer.status_code, data)
+        return reply(answer.status_code, data)
 
     def paid_via(out_trade_no: str) -> dict:
         order = store.find_order(out_trade_no)
         if order is None:
-            return _error(404, "ORDER_NOT_FOUND", "no such order")
-        return _reply(200, {"outTradeNo": order["outTradeNo"], "payStatus": order.get("payStatus"),
+            return error_reply(404, "ORDER_NOT_FOUND", "no such order")
+        return reply(200, {"outTradeNo": order["outTradeNo"], "payStatus": order.get("payStatus"),
                             "paidVia": order.get("paidVia")})
 
     def handler(event, context):
         path, method = event.get("path") or "/", event.get("httpMethod")
         try:
             if method == "GET" and path in ("/", ""):
-                return _reply(200, PAGE.read_text(encoding="utf-8"), "text/html")
+                return reply(200, PAGE.read_text(encoding="utf-8"), "text/html")
             if method == "GET" and path.rstrip("/") == "/products":
-                return _reply(200, [{"sku": p["sku"], "name": p["name"], "price": p["price"]}
+                return reply(200, [{"sku": p["sku"], "name": p["name"], "price": p["price"]}
                                     for p in store.list_products() if p.get("active") is True])
             match = _PAY_RE.match(path)
             if method == "POST" and match:
@@ -102,8 +103,8 @@ def demo_routes(sim_url: str, store) -> dict:
             if method == "GET" and match:
                 return paid_via(match.group(1))
         except StoreUnavailable:
-            return _error(503, "STORE_UNAVAILABLE", "the order store could not be reached; retry shortly")
-        return _error(404, "ROUTE_NOT_FOUND", "no such demo route")
+            return error_reply(503, "STORE_UNAVAILABLE", "the order store could not be reached; retry shortly")
+        return error_reply(404, "ROUTE_NOT_FOUND", "no such demo route")
 
     return {"/demo": handler}
 

@@ -121,7 +121,7 @@ def env_store(function_env, mongo_uri, mongo_client, db_name):
     return MongoOrderStore(mongo_uri, db_name, client=mongo_client)
 
 
-pytest_plugins = ["tests.sim_fixtures", "tests.s3_fixtures", "tests.shop_receiver"]
+pytest_plugins = ["tests.sim_fixtures", "tests.s3_fixtures", "tests.shop_receiver", "tests.browser"]
 
 
 @pytest.fixture

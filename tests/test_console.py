@@ -17,8 +17,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", ROOT / "artifacts")) / "console"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WINDOW_SIZE = "1400,1100"   # the browser fixture (tests/browser.py) reads it
 
 
 @pytest.fixture(scope="module")
@@ -133,24 +132,6 @@ def test_actions_that_do_not_fit_the_order_are_refused_in_words(stack):
 
 # --- the page, in Chromium ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("Chromium is needed: `make test` installs Debian's chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1100"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
 
 def _shot(browser, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -209,7 +190,11 @@ def test_the_page_follows_an_order_through_its_life(stack, browser):
 
 # --- make run: safe by default ---------------------------------------------------------------
 
-def test_a_taken_mongodb_port_stops_the_stack_with_its_number(tmp_path):
+@pytest.mark.parametrize(("part", "named"), [("mongo_port", "port {port} for MongoDB"),
+                                             ("sim_port", "port {port} for the simulator"),
+                                             ("gateway_port", "port {port} for the gateway"),
+                                             ("shop_port", "port {port} for the shop's receiver")])
+def test_a_taken_port_stops_the_stack_and_names_it(tmp_path, part, named):
     import socket
 
     from devtools.local_stack import LocalStack
@@ -219,29 +204,14 @@ def test_a_taken_mongodb_port_stops_the_stack_with_its_number(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        stack = LocalStack(tmp_path, mongo_port=port)
+        stack = LocalStack(tmp_path, **{part: port})
         with pytest.raises(PortInUse) as caught:
             stack.start()
         stack.stop()
-    assert str(port) in str(caught.value) and "MongoDB" in str(caught.value)
-    assert not (tmp_path / "mongo" / "cloudpay.db").exists()          # nothing was written anywhere
-
-
-def test_a_taken_gateway_port_is_named_too(tmp_path):
-    import socket
-
-    from devtools.local_stack import LocalStack
-    from devtools.mongo_server import PortInUse
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        stack = LocalStack(tmp_path, gateway_port=port)
-        with pytest.raises(PortInUse) as caught:
-            stack.start()
-        stack.stop()
-    assert f"port {port} for the gateway" in str(caught.value)
+    assert named.format(port=port) in str(caught.value)
+    if part == "mongo_port":
+        assert "real database" in str(caught.value)
+        assert not (tmp_path / "mongo" / "cloudpay.db").exists()      # nothing was written anywhere
 
 
 def test_make_run_prints_no_error_line_and_runs_the_walkthrough_twice(tmp_path):
