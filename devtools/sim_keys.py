@@ -225,7 +225,7 @@ def load_or_create(folder: Path) -> SimKeys:
     if (folder / IDS_FILE).is_file():
         return _load(folder)
     keys = ephemeral()
-    _save(keys, folder)
+    save(keys, folder)
     return keys
 
 
@@ -244,7 +244,7 @@ def _load(folder: Path) -> SimKeys:
     return keys
 
 
-def _save(keys: SimKeys, folder: Path) -> None:
+def save(keys: SimKeys, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, _DIR_MODE)
     _write_private(folder / MERCHANT_PRIVATE_FILE, keys.merchant_private_pem)

@@ -449,7 +449,8 @@ def check_indexes(checkup: Checkup) -> tuple[str, str]:
         raise Skip("MongoDB is not reachable (see mongodb)") from None
     absent = [d["collection"] for d in differences if d["problem"] == "no_collection"]
     wrong = [d for d in differences if d["problem"] != "no_collection"]
-    meaning = {"missing": "lacks index", "not_unique": "has a non-unique", "conflict": "has another index named"}
+    meaning = {"missing": "lacks index", "not_unique": "has a non-unique", "conflict": "has another index named",
+               "not_ttl": "lacks the declared expiry (expireAfterSeconds) of"}
     if wrong:
         listed = "; ".join(f"{d['collection']} {meaning[d['problem']]} {d['index']}" for d in wrong)
         return FAIL, f"{listed}: run `python -m shared.admin setup` (or the action {{\"action\": \"setup\"}})"

@@ -80,7 +80,8 @@ class Reconciler:
         deadline = Deadline(context)
         report = {}
         steps = [("close_expired", self.close_expired), ("close_failed", self.close_failed),
-                 ("recover_lost", self.recover_lost), ("refunds", self.check_refunds)]
+                 ("recover_lost", self.recover_lost), ("refunds", self.check_refunds),
+                 ("notifications", self.expire_notifications)]
         if self.keys is not None and (self.keys.downloads or self.keys.certificates()):
             steps.insert(0, ("certificates", self.check_certificates))
         with invocation.until(deadline.calls_end):
@@ -219,6 +220,13 @@ class Reconciler:
                 summary.add(f"error:{error.code}")
 
     # --- the daily bill -----------------------------------------------------------------
+
+    def expire_notifications(self, summary, deadline) -> None:
+        """The kept notifications past their 7 days: MongoDB's TTL index deletes them first
+        (this finds none), nx-27017 only when they are read (the local stack)."""
+        deleted = self.store.expire_notifications()
+        if deleted:
+            summary.counts["expired"] = deleted
 
     def bill_if_due(self, summary, deadline) -> None:
         now = datetime.fromtimestamp(self.store.clock() // 1000, CHINA)

@@ -272,11 +272,20 @@ def test_a_missing_index(deployment, mongo_client, db_name):
     assert "python -m shared.admin setup" in _message(result, "indexes")
 
 
+def test_a_notification_log_that_never_expires(deployment, mongo_client, db_name):
+    _drop_index(mongo_client, db_name, "notifications", ["receivedAt"])
+    mongo_client[db_name]["notifications"].create_index([("receivedAt", 1)])   # the same field, no TTL
+    result = _action()
+    _expect(result, fail={"indexes"})
+    assert "notifications lacks the declared expiry (expireAfterSeconds) of receivedAt_ttl" in _message(
+        result, "indexes")
+
+
 def test_collections_not_made_yet_are_a_warning(deployment, mongo_client, db_name):
     mongo_client.drop_database(db_name)
     result = _action()
     _expect(result, warn={"indexes"})
-    assert _message(result, "indexes").startswith("10 collection(s) do not exist yet (products, orders, ")
+    assert _message(result, "indexes").startswith("11 collection(s) do not exist yet (products, orders, ")
     assert "at first use" in _message(result, "indexes")
 
 

@@ -346,7 +346,8 @@ def test_a_sweep_during_a_store_outage_reports_it_and_the_next_one_recovers(live
     assert during["ok"] is True, during
     steps = during["sweep"]
     assert {name: counts for name, counts in steps.items() if name != "bill"} == {
-        name: {"error:STORE_UNAVAILABLE": 1} for name in ("close_expired", "close_failed", "recover_lost", "refunds")}
+        name: {"error:STORE_UNAVAILABLE": 1}
+        for name in ("close_expired", "close_failed", "recover_lost", "refunds", "notifications")}
 
     private_mongo.start()
     deadline = time.monotonic() + 15

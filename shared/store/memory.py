@@ -6,6 +6,8 @@ MongoDB adapter and are enforced on insert and update.  Documents are copied in 
 out, so a caller can never change stored state by mutating what it got.  Matching
 follows MongoDB's rules where they matter here: a missing field equals None, a
 comparison never matches a missing or null field, and booleans are not numbers.
+TTL indexes expire documents as nx-27017's do: when their collection is read (against
+the store's clock); MongoDB's TTL monitor deletes them within a minute instead.
 Linear scans: it is meant for tests, not for production data.
 """
 
@@ -14,10 +16,16 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from shared.errors import StoreConflict, StoreUnavailable
-from shared.store.port import INDEXES, Index, OrderStore, Sort, Where, now_ms
+from shared.store.port import INDEXES, Index, OrderStore, Sort, Where, date_of_ms, now_ms
+
+# collection -> ((date field, seconds), ...) of its TTL indexes
+_TTL = {name: tuple((index.fields[0][0], index.expire_after_s) for index in indexes
+                    if index.expire_after_s is not None)
+        for name, indexes in INDEXES.items()}
 
 _MISSING = object()
 
@@ -109,6 +117,16 @@ class InMemoryOrderStore(OrderStore):
                                    details={"error": "InMemoryOutage"})
         return self._collections.setdefault(collection, [])
 
+    def _live(self, collection: str) -> list[dict]:
+        """The collection's documents, for a read: its TTL indexes first remove the expired
+        ones (a date older than the expiry; other values never expire, as in MongoDB)."""
+        docs = self._docs(collection)
+        for path, seconds in _TTL.get(collection, ()):
+            cutoff = date_of_ms(self.clock() - seconds * 1000)
+            docs[:] = [doc for doc in docs
+                       if not (isinstance(value := _get(doc, path), datetime) and value < cutoff)]
+        return docs
+
     def _check_unique(self, collection: str, doc: dict, ignore: dict | None = None) -> None:
         for index in INDEXES.get(collection, ()):
             if not index.unique:
@@ -148,14 +166,14 @@ class InMemoryOrderStore(OrderStore):
 
     def _find_one(self, collection: str, where: Where) -> dict | None:
         with self._lock:
-            for doc in self._docs(collection):
+            for doc in self._live(collection):
                 if _matches(doc, where):
                     return copy.deepcopy(doc)
         return None
 
     def _find(self, collection: str, where: Where, *, sort: Sort = (), limit: int | None = None) -> list[dict]:
         with self._lock:
-            found = [doc for doc in self._docs(collection) if _matches(doc, where)]
+            found = [doc for doc in self._live(collection) if _matches(doc, where)]
             if sort:
                 found.sort(key=_sort_key(sort))
             if limit is not None:
@@ -193,7 +211,15 @@ class InMemoryOrderStore(OrderStore):
 
     def _count(self, collection: str, where: Where) -> int:
         with self._lock:
-            return sum(1 for doc in self._docs(collection) if _matches(doc, where))
+            return sum(1 for doc in self._live(collection) if _matches(doc, where))
+
+    def _delete_many(self, collection: str, where: Where) -> int:
+        with self._lock:
+            docs = self._docs(collection)
+            kept = [doc for doc in docs if not _matches(doc, where)]
+            deleted = len(docs) - len(kept)
+            docs[:] = kept
+            return deleted
 
     def _delete_one(self, collection: str, where: Where) -> bool:
         with self._lock:

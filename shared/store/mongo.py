@@ -6,7 +6,12 @@
   collection: one `createIndexes` round trip per collection, idempotent, so two cold
   instances starting at once on a replica set both succeed (identical specs), and no
   write of an instance happens before its unique indexes exist.  `ensure_indexes()`
-  creates all of them at once (`python -m shared.admin setup`).
+  creates all of them at once (`python -m shared.admin setup`).  A reader of another
+  deployment's database (`devtools.replay`) passes `create_indexes=False`: it then
+  creates nothing (a read-only database user suffices).
+- TTL indexes (`Index.expire_after_s`) are MongoDB's `expireAfterSeconds`: the server
+  deletes expired documents (its TTL monitor runs every 60 s; nx-27017 only when the
+  collection is read, hence `expire_notifications` in the sweep).
 - Every driver error is translated once, for the whole class (`_translated`):
   duplicate keys become `StoreConflict`, everything else `StoreUnavailable`.
 """
@@ -123,15 +128,26 @@ def _index_of(info: Mapping) -> Index:
     """An index as listIndexes describes it (directions 1 / -1, or a kind such as "text")."""
     fields = tuple((name, int(value) if isinstance(value, (int, float)) else str(value))
                    for name, value in info["key"].items())
-    return Index(fields, str(info.get("name")), bool(info.get("unique")))
+    expire = info.get("expireAfterSeconds")
+    return Index(fields, str(info.get("name")), bool(info.get("unique")),
+                 int(expire) if isinstance(expire, (int, float)) and not isinstance(expire, bool) else None)
+
+
+def _index_model(index: Index) -> pymongo.IndexModel:
+    options: dict[str, Any] = {"name": index.name, "unique": index.unique}
+    if index.expire_after_s is not None:
+        options["expireAfterSeconds"] = index.expire_after_s
+    return pymongo.IndexModel(list(index.fields), **options)
 
 
 @_translated
 class MongoOrderStore(OrderStore):
-    def __init__(self, uri: str, db_name: str, *, clock=now_ms, client: pymongo.MongoClient | None = None):
+    def __init__(self, uri: str, db_name: str, *, clock=now_ms, client: pymongo.MongoClient | None = None,
+                 create_indexes: bool = True):
         super().__init__(clock=clock)
         self.uri = uri
         self.db_name = db_name
+        self._creates_indexes = create_indexes
         self._client = client
         self._owns_client = client is None
         self._lock = threading.Lock()
@@ -150,13 +166,15 @@ class MongoOrderStore(OrderStore):
     def _collection(self, name: str):
         collection = self._collections.get(name)
         if collection is None:
+            if not self._creates_indexes:
+                collection = self._collections[name] = self._db()[name]
+                return collection
             collection = self._create_indexes(name)
         return collection
 
     def _create_indexes(self, name: str):
         collection = self._db()[name]
-        models = [pymongo.IndexModel(list(index.fields), name=index.name, unique=index.unique)
-                  for index in INDEXES.get(name, ())]
+        models = [_index_model(index) for index in INDEXES.get(name, ())]
         if models:
             collection.create_indexes(models)  # one round trip for the collection
         self._collections[name] = collection
@@ -211,6 +229,9 @@ class MongoOrderStore(OrderStore):
 
     def _delete_one(self, collection: str, where: Where) -> bool:
         return self._collection(collection).delete_one(_query(where)).deleted_count == 1
+
+    def _delete_many(self, collection: str, where: Where) -> int:
+        return self._collection(collection).delete_many(_query(where)).deleted_count
 
     def indexes_found(self) -> dict[str, tuple[Index, ...] | None]:
         # The collections are listed first: listIndexes on a missing one would create it on

@@ -10,21 +10,30 @@ powertools' idempotency persistence layer):
 - failures are `StoreUnavailable` (503) and duplicate keys `StoreConflict` (409).
 
 An adapter implements only the primitives at the bottom of the class (insert, find,
-conditional update, count, upsert, indexes; and for the doctor's probe a delete and a
-listing of the indexes the storage holds) over conditions written as `Where`, which
-says "equals / one of / below / at least / absent" in storage-neutral terms.  The two
-adapters are `shared.store.mongo.MongoOrderStore` (the only module that speaks
-MongoDB) and `shared.store.memory.InMemoryOrderStore` (atomic, for fast unit tests);
-`tests/store/` runs one conformance suite against both.
+conditional update, count, upsert, indexes; for the doctor's probe a delete and a
+listing of the indexes the storage holds; a delete of many for expired notifications)
+over conditions written as `Where`, which says "equals / one of / below / at least /
+absent" in storage-neutral terms.  The two adapters are `shared.store.mongo.MongoOrderStore`
+(the only module that speaks MongoDB) and `shared.store.memory.InMemoryOrderStore`
+(atomic, for fast unit tests); `tests/store/` runs one conformance suite against both.
+
+One collection is not a fact store: `notifications` keeps each delivery of a verified
+WeChat Pay notification as it arrived (the headers that verify it, the raw body with its
+resource still encrypted, our answer) for 7 days, to replay it (`devtools.replay`).  Its
+TTL index expires the documents on MongoDB (the TTL monitor, once a minute); nx-27017
+honours TTL indexes only when the collection is read, so the sweep also deletes what is
+past its 7 days (`expire_notifications`), and the local stack stays bounded too.
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
@@ -46,6 +55,19 @@ SHIPMENTS = "shipments"
 # (stable_token) and the list of express companies, one document per `key`.
 WECHAT_CACHE = "wechat_cache"
 PENDING, DONE, FAILED = "pending", "done", "failed"   # states of a delivery or a shipment
+# Each delivery of a verified WeChat Pay notification, as received, for 7 days (a TTL
+# index on the date `receivedAt`; `createTime`, epoch ms as everywhere, is what queries use).
+NOTIFICATIONS = "notifications"
+NOTIFICATION_TTL_S = 7 * 86_400
+# The only headers kept: what verifying the notification again takes (no cookies, no
+# client addresses, nothing else the gateway adds).
+NOTIFICATION_HEADERS = ("Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature", "Wechatpay-Serial",
+                        "Wechatpay-Signature-Type", "Content-Type")
+NOTIFICATION_MAX_BODY = 64 * 1024     # the callback refuses larger bodies (MAX_BODY)
+NOTIFICATION_MAX_HEADER = 1024        # a signature is at most 1024 characters (its check)
+NOTIFICATION_LIST_MAX = 1000
+_NOTIFICATION_FIELD_MAX = 128         # ids, event types, order numbers, outcomes
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # A refund's state on its order (`refundStates.<outRefundNo>`).
 REFUND_RESERVED = "RESERVED"
@@ -66,10 +88,12 @@ class Index:
     fields: tuple[tuple[str, int], ...]
     name: str
     unique: bool = False
+    # A TTL index (one date field): a document expires this many seconds after that date.
+    expire_after_s: int | None = None
 
 
-def _index(name: str, *fields: tuple[str, int], unique: bool = False) -> Index:
-    return Index(tuple(fields), name, unique)
+def _index(name: str, *fields: tuple[str, int], unique: bool = False, expire_after_s: int | None = None) -> Index:
+    return Index(tuple(fields), name, unique, expire_after_s)
 
 
 INDEXES: Mapping[str, tuple[Index, ...]] = MappingProxyType({
@@ -111,7 +135,28 @@ INDEXES: Mapping[str, tuple[Index, ...]] = MappingProxyType({
         _index("state_next", ("state", 1), ("nextAt", 1)),
     ),
     WECHAT_CACHE: (_index("key_unique", ("key", 1), unique=True),),
+    NOTIFICATIONS: (
+        _index("receivedAt_ttl", ("receivedAt", 1), expire_after_s=NOTIFICATION_TTL_S),
+        _index("outTradeNo_create", ("outTradeNo", 1), ("createTime", 1)),
+        _index("createTime", ("createTime", 1)),
+    ),
 })
+
+
+def date_of_ms(epoch_ms: int) -> datetime:
+    """The UTC date of an epoch-ms time, exactly (what a BSON date holds: milliseconds)."""
+    return _EPOCH + timedelta(milliseconds=epoch_ms)
+
+
+def notification_body(doc: Mapping) -> bytes:
+    """The raw body of a kept notification, byte for byte as it arrived."""
+    if doc.get("bodyBase64") is not None:
+        return base64.b64decode(doc["bodyBase64"])
+    return str(doc.get("body") or "").encode("utf-8")
+
+
+def _short(value: Any) -> str | None:
+    return value[:_NOTIFICATION_FIELD_MAX] if isinstance(value, str) and value else None
 
 
 def _field_names(index: Index) -> tuple[str, ...]:
@@ -577,6 +622,66 @@ class OrderStore(ABC):
         self._upsert(WECHAT_CACHE, by(key="express_companies"), {"key": "express_companies", "companies": entries,
                                                                  "fetchedAt": self.clock()})
 
+    # --- WeChat Pay's notifications as received (kept 7 days, for replays) -----------------
+
+    def record_notification(self, headers: Mapping[str, Any], body: bytes, *, status: int,
+                            outcome: str | None = None, notification_id: str | None = None,
+                            event_type: str | None = None, out_trade_no: str | None = None,
+                            out_refund_no: str | None = None) -> dict:
+        """Keep one delivery of a notification whose signature verified, as it arrived.
+
+        Kept: the headers of NOTIFICATION_HEADERS only (any letter case in, canonical names
+        out; every other header is dropped), the raw `body` byte for byte (its resource
+        still encrypted: callers pass nothing decrypted but our own order and refund
+        numbers), our answer (`status`, `outcome`) and the time received.  One document per
+        delivery; they expire after NOTIFICATION_TTL_S.  ValueError for a body over
+        NOTIFICATION_MAX_BODY or a status that is not an HTTP status."""
+        raw = bytes(body)
+        if len(raw) > NOTIFICATION_MAX_BODY:
+            raise ValueError(f"a notification body is at most {NOTIFICATION_MAX_BODY} bytes")
+        if type(status) is not int or not 100 <= status <= 599:
+            raise ValueError("status must be an HTTP status")
+        folded = {str(name).lower(): value for name, value in headers.items()}
+        kept = {name: str(folded[name.lower()])[:NOTIFICATION_MAX_HEADER] for name in NOTIFICATION_HEADERS
+                if folded.get(name.lower()) is not None}
+        now = self.clock()
+        doc: dict[str, Any] = {
+            "notificationId": _short(notification_id), "eventType": _short(event_type),
+            "outTradeNo": _short(out_trade_no), "outRefundNo": _short(out_refund_no),
+            "status": status, "outcome": _short(outcome), "headers": kept,
+            "createTime": now, "receivedAt": date_of_ms(now)}
+        try:
+            doc["body"] = raw.decode("utf-8")      # readable, and exact: strict UTF-8 encodes back the same
+        except UnicodeDecodeError:
+            doc["bodyBase64"] = base64.b64encode(raw).decode("ascii")
+        self._insert(NOTIFICATIONS, doc)
+        return doc
+
+    def list_notifications(self, out_trade_no: str | None = None, since: int | None = None, *,
+                           limit: int = 20) -> list[dict]:
+        """The `limit` (1..NOTIFICATION_LIST_MAX) newest kept notifications, newest last:
+        of one order, and/or received at or after `since` (epoch ms).  `receivedAt` comes
+        out as an aware UTC datetime from every adapter."""
+        if type(limit) is not int or not 1 <= limit <= NOTIFICATION_LIST_MAX:
+            raise ValueError(f"limit must be 1..{NOTIFICATION_LIST_MAX}")
+        if since is not None and type(since) is not int:
+            raise TypeError("since must be epoch milliseconds (int)")
+        where = Where(equals={"outTradeNo": out_trade_no} if out_trade_no is not None else {},
+                      at_least={"createTime": since} if since is not None else {})
+        newest = self._find(NOTIFICATIONS, where, sort=(("createTime", -1),), limit=limit)
+        for doc in newest:
+            received = doc.get("receivedAt")
+            if isinstance(received, datetime) and received.tzinfo is None:   # drivers give naive UTC
+                doc["receivedAt"] = received.replace(tzinfo=timezone.utc)
+        return newest[::-1]
+
+    def expire_notifications(self) -> int:
+        """Delete the kept notifications older than NOTIFICATION_TTL_S (by the store's clock):
+        what the TTL index does on MongoDB, for storages that expire lazily (the sweep's
+        step).  How many were deleted."""
+        cutoff = self.clock() - NOTIFICATION_TTL_S * 1000
+        return self._delete_many(NOTIFICATIONS, Where(below={"createTime": cutoff}))
+
     # --- health --------------------------------------------------------------------
 
     @abstractmethod
@@ -607,10 +712,11 @@ class OrderStore(ABC):
     def index_differences(self) -> list[dict]:
         """What the storage lacks of the declared indexes: `{"collection", "index", "problem"}`
         with problem "no_collection" (index None: made at first use, or by ensure_indexes),
-        "missing", "not_unique", or "conflict" (an index of that name on other fields: creating
-        ours would fail).  Indexes are matched by their fields in order, not by name (servers
-        name them their own way) nor direction (nx-27017 keeps none, and every query here is
-        equalities then one sort key, which an index serves in either direction)."""
+        "missing", "not_unique", "not_ttl" (a TTL index without our expiry, or with another),
+        or "conflict" (an index of that name on other fields: creating ours would fail).
+        Indexes are matched by their fields in order, not by name (servers name them their
+        own way) nor direction (nx-27017 keeps none, and every query here is equalities then
+        one sort key, which an index serves in either direction)."""
         found = self.indexes_found()
         differences = []
         for collection, declared in INDEXES.items():
@@ -629,6 +735,8 @@ class OrderStore(ABC):
                     problem = "missing"
                 elif index.unique and not match.unique:
                     problem = "not_unique"
+                elif index.expire_after_s is not None and match.expire_after_s != index.expire_after_s:
+                    problem = "not_ttl"
                 else:
                     continue
                 differences.append({"collection": collection, "index": index.name, "problem": problem})
@@ -675,4 +783,8 @@ class OrderStore(ABC):
     def _delete_one(self, collection: str, where: Where) -> bool:
         """Delete one matching document: True when one was deleted (only `write_probe`
         deletes: facts and orders are never deleted)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete")
+
+    def _delete_many(self, collection: str, where: Where) -> int:
+        """Delete every matching document: how many (only expired notifications go so)."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete")

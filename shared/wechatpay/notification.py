@@ -151,14 +151,23 @@ def verify_notification(headers: Mapping[str, str], body: bytes, *, apiv3_key: b
     """
     body = _as_bytes(body)
     verify_signature(headers, body, keys=_key_set(keys, public_key, public_key_id), now=now, tolerance=tolerance)
+    return decrypt_notification(parse_notification(body), apiv3_key=apiv3_key)
 
-    notification = _json_object(body, "notification body")
+
+def parse_notification(body: bytes) -> dict:
+    """Check 6 alone: the body as a notification object (`id`, `event_type`, `resource`
+    still encrypted).  Only for a body whose signature has been verified."""
+    notification = _json_object(_as_bytes(body), "notification body")
     for field, kind in (("id", str), ("event_type", str), ("resource", dict)):
         if not isinstance(notification.get(field), kind):
             raise MalformedNotification(f"notification lacks a valid '{field}'",
                                         details={"field": field})
-    resource = notification["resource"]
+    return notification
 
+
+def decrypt_notification(notification: dict, *, apiv3_key: bytes) -> dict:
+    """Checks 7 and 8: a copy of the parsed `notification` with `resource` decrypted."""
+    resource = notification["resource"]
     algorithm = resource.get("algorithm")
     if algorithm != ALGORITHM:
         raise DecryptFailed("unsupported resource algorithm", details={"algorithm": str(algorithm)[:40]})

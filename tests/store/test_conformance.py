@@ -676,3 +676,118 @@ def test_index_differences_tell_missing_not_unique_and_conflicting_indexes():
         {"collection": "orders", "index": "paidAt", "problem": "missing"},
         {"collection": "events", "index": None, "problem": "no_collection"},
     ]
+
+
+# --- WeChat Pay's notifications as received (kept 7 days, for replays) -------------------------
+
+SIGNED = {"Wechatpay-Timestamp": "1764561600", "Wechatpay-Nonce": "n0nce", "Wechatpay-Signature": "c2ln",
+          "Wechatpay-Serial": "PUB_KEY_ID_0119000001092025010100000000000001",
+          "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048", "Content-Type": "application/json"}
+RAW = '{"id":"EV-1","event_type":"TRANSACTION.SUCCESS","summary":"支付成功","resource":{"ciphertext":"x"}}'.encode()
+
+
+def test_a_notification_keeps_only_the_verifying_headers_and_the_raw_body(any_store):
+    from shared.store.port import NOTIFICATION_HEADERS, notification_body
+
+    received = {name.lower(): value for name, value in SIGNED.items()}   # as a Function URL gives them
+    received.update({"cookie": "session=abc", "x-scf-remote-addr": "203.0.113.7", "x-forwarded-for": "203.0.113.7",
+                     "user-agent": "Mozilla/4.0", "host": "example.com"})
+    any_store.record_notification(received, RAW, status=204, outcome="paid", notification_id="EV-1",
+                                  event_type="TRANSACTION.SUCCESS", out_trade_no="NOTE0001")
+    [kept] = any_store.list_notifications("NOTE0001")
+    assert kept["headers"] == SIGNED and tuple(kept["headers"]) == NOTIFICATION_HEADERS
+    assert notification_body(kept) == RAW and kept["body"] == RAW.decode()
+    assert (kept["status"], kept["outcome"], kept["notificationId"], kept["eventType"], kept["outRefundNo"]) == (
+        204, "paid", "EV-1", "TRANSACTION.SUCCESS", None)
+    assert set(kept) == {"notificationId", "eventType", "outTradeNo", "outRefundNo", "status", "outcome", "headers",
+                         "body", "createTime", "receivedAt"}
+    # Bytes that are not UTF-8 come back exact too; a body over the cap is refused, not cut.
+    odd = b'{"id":"EV-2"}\xff\xfe'
+    any_store.record_notification(SIGNED, odd, status=400, out_trade_no="NOTE0002")
+    assert notification_body(any_store.list_notifications("NOTE0002")[0]) == odd
+    with pytest.raises(ValueError):
+        any_store.record_notification(SIGNED, b"x" * (64 * 1024 + 1), status=204, out_trade_no="NOTE0003")
+    with pytest.raises(ValueError):
+        any_store.record_notification(SIGNED, RAW, status=True, out_trade_no="NOTE0003")
+    assert any_store.list_notifications("NOTE0003") == []
+
+
+def test_notifications_are_listed_newest_last_by_order_and_time_and_bounded(any_store):
+    import time
+
+    base = int(time.time() * 1000) - 60_000   # recent: the TTL must not take them
+    for offset, out_trade_no in ((0, "A"), (10, "B"), (20, "A"), (30, "A"), (40, "B")):
+        any_store.clock = lambda offset=offset: base + offset
+        any_store.record_notification(SIGNED, RAW, status=204, out_trade_no=out_trade_no)
+
+    def times(**query):
+        return [doc["createTime"] - base for doc in any_store.list_notifications(**query)]
+
+    assert times() == [0, 10, 20, 30, 40]
+    assert times(limit=2) == [30, 40]                       # the newest, newest last
+    assert times(out_trade_no="A") == [0, 20, 30]
+    assert times(out_trade_no="A", limit=1) == [30]
+    assert times(since=base + 20) == [20, 30, 40]
+    assert times(out_trade_no="B", since=base + 11) == [40]
+    kept = any_store.list_notifications(limit=1)[0]
+    assert kept["receivedAt"].tzinfo is not None
+    assert int(kept["receivedAt"].timestamp() * 1000) == kept["createTime"]
+    for limit in (0, 1001, True, 20.0):
+        with pytest.raises(ValueError):
+            any_store.list_notifications(limit=limit)
+    with pytest.raises(TypeError):
+        any_store.list_notifications(since="2026-12-01")
+
+
+def _old_and_young_notifications(store):
+    """One kept 8 days ago, one 6 days ago (by the store's clock, which is then now again)."""
+    import os
+    import time
+
+    from shared.store.memory import InMemoryOrderStore
+
+    if not isinstance(store, InMemoryOrderStore) and os.environ.get("TEST_MONGODB_URI"):
+        pytest.skip("MongoDB's TTL monitor deletes expired documents at its own time (once a minute)")
+    now = int(time.time() * 1000)
+    for days, out_trade_no in ((8, "OLD"), (6, "YOUNG")):
+        store.clock = lambda days=days: now - days * 86_400_000
+        store.record_notification(SIGNED, RAW, status=204, out_trade_no=out_trade_no)
+    store.clock = lambda: now
+
+
+def test_the_sweep_deletes_notifications_past_seven_days(any_store):
+    _old_and_young_notifications(any_store)
+    assert any_store.expire_notifications() == 1      # before any read: nx-27017's TTL has not acted
+    assert any_store.expire_notifications() == 0
+    assert [doc["outTradeNo"] for doc in any_store.list_notifications()] == ["YOUNG"]
+
+
+def test_notifications_expire_by_their_ttl_index(any_store):
+    """Without the sweep: the TTL index (nx-27017 and the in-memory adapter when the
+    collection is read; MongoDB's monitor within a minute, so this skips there)."""
+    _old_and_young_notifications(any_store)
+    assert [doc["outTradeNo"] for doc in any_store.list_notifications()] == ["YOUNG"]
+    assert any_store.expire_notifications() == 0
+
+
+def test_the_ttl_index_is_held_with_its_expiry(any_store):
+    any_store.ensure_indexes()
+    [ttl] = [index for index in any_store.indexes_found()["notifications"]
+             if [name for name, _ in index.fields] == ["receivedAt"]]
+    assert ttl.expire_after_s == 7 * 86_400
+
+
+def test_index_differences_tell_a_ttl_index_without_its_expiry():
+    from shared.store import Index
+    from shared.store.memory import InMemoryOrderStore
+
+    class Held(InMemoryOrderStore):
+        def indexes_found(self):
+            found = {name: tuple(indexes) for name, indexes in INDEXES.items()}
+            found["notifications"] = tuple(index if index.name != "receivedAt_ttl" else
+                                           Index((("receivedAt", 1),), "receivedAt_1")
+                                           for index in INDEXES["notifications"])
+            return found
+
+    assert Held().index_differences() == [
+        {"collection": "notifications", "index": "receivedAt_ttl", "problem": "not_ttl"}]

@@ -21,7 +21,7 @@ from tests.unit.fakes import (
 )
 
 MINUTE = 60_000
-STEPS = ("close_expired", "close_failed", "recover_lost", "refunds", "bill")
+STEPS = ("close_expired", "close_failed", "recover_lost", "refunds", "notifications", "bill")
 
 
 def otn(n: int) -> str:
@@ -64,7 +64,8 @@ def test_expired_orders_are_closed_once(reconciler, store, wechat, clock):
     unpaid(store, 3, age_ms=MINUTE)  # young and payable: none of the sweep's business
     clock.advance(5)
     report = reconciler.sweep(with_bill=False)
-    assert report == {"close_expired": {"closed": 2}, "close_failed": {}, "recover_lost": {}, "refunds": {}}
+    assert report == {"close_expired": {"closed": 2}, "close_failed": {}, "recover_lost": {}, "refunds": {},
+                      "notifications": {}}
     assert sorted(c.args[0] for c in wechat.calls_to("close_order")) == [otn(1), otn(2)]
     for n in (1, 2):
         order = store.get_order(otn(n))
@@ -277,6 +278,17 @@ def test_deadline_keeps_a_safety_margin():
 
 # --- outages and bugs ------------------------------------------------------------------------
 
+def test_the_sweep_deletes_the_notifications_kept_past_seven_days(reconciler, store, clock):
+    headers = {"Wechatpay-Nonce": "n", "Content-Type": "application/json"}
+    store.record_notification(headers, b'{"id":"EV-OLD"}', status=204, notification_id="EV-OLD")
+    clock.advance(86_400_000)
+    store.record_notification(headers, b'{"id":"EV-YOUNG"}', status=204, notification_id="EV-YOUNG")
+    clock.advance(7 * 86_400_000 - 1)   # EV-OLD is 8 days old, EV-YOUNG a millisecond short of 7
+    assert reconciler.sweep(with_bill=False)["notifications"] == {"expired": 1}
+    assert [doc["notificationId"] for doc in store.list_notifications()] == ["EV-YOUNG"]
+    assert reconciler.sweep(with_bill=False)["notifications"] == {}
+
+
 def test_sweep_during_a_store_outage_reports_and_the_next_one_works(reconciler, store, wechat):
     expired(store, 1)
     store.available = False
@@ -302,7 +314,8 @@ def test_store_lost_in_the_middle_of_a_step(reconciler, store, wechat):
     # The first order's close at WeChat went through; storing it failed, and so did the
     # second order and every later step; nothing raised.
     assert report == {"close_expired": {"error:STORE_UNAVAILABLE": 2}, "close_failed": {"error:STORE_UNAVAILABLE": 1},
-                      "recover_lost": {"error:STORE_UNAVAILABLE": 1}, "refunds": {"error:STORE_UNAVAILABLE": 1}}
+                      "recover_lost": {"error:STORE_UNAVAILABLE": 1}, "refunds": {"error:STORE_UNAVAILABLE": 1},
+                      "notifications": {"error:STORE_UNAVAILABLE": 1}}
     store.available = True
     assert [store.get_order(otn(n))["payStatus"] for n in (1, 2)] == [st.NOTPAY, st.NOTPAY]
     assert reconciler.sweep(with_bill=False)["close_expired"] == {"closed": 2}
