@@ -31,7 +31,6 @@ has another appid / mchid), so expect the callback's anomaly for it, not a payme
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
@@ -172,23 +171,20 @@ def re_encrypted(body: bytes, production_key: bytes, local_key: bytes) -> bytes:
 
 
 def post(url: str, headers: dict, body: bytes, timeout: float) -> tuple[int | None, str]:
-    """(status, what the answer says) or (None, the connection error)."""
-    parts = urlsplit(url)
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    """(status, what the answer says) or (None, the connection error); the project's own
+    client: bounded, no redirects followed."""
+    from shared.http import HttpClient, HttpError
+
     try:
-        connection.request("POST", target, body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.read(16 * 1024)
-    except (OSError, http.client.HTTPException) as exc:
-        return None, type(exc).__name__
-    finally:
-        connection.close()
+        response = HttpClient().request("POST", url, body=body, headers=headers, connect_timeout=timeout,
+                                        read_timeout=timeout, deadline=time.monotonic() + 2 * timeout,
+                                        max_body=16 * 1024)
+    except HttpError as exc:
+        return None, exc.kind
     try:
-        message = json.loads(answer).get("message", "")
+        message = json.loads(response.body).get("message", "")
     except (ValueError, AttributeError):
-        message = answer.decode("utf-8", "replace")
+        message = response.body.decode("utf-8", "replace")
     return response.status, str(message)[:_ANSWER_SHOWN]
 
 

@@ -121,7 +121,8 @@ def env_store(function_env, mongo_uri, mongo_client, db_name):
     return MongoOrderStore(mongo_uri, db_name, client=mongo_client)
 
 
-pytest_plugins = ["tests.sim_fixtures", "tests.s3_fixtures", "tests.shop_receiver", "tests.browser"]
+pytest_plugins = ["tests.sim_fixtures", "tests.s3_fixtures", "tests.shop_receiver", "tests.browser",
+                  "tests.ssm_fixtures"]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from shared.admin import main as admin_main
 from tests import keys as test_keys
 from tests.functions import ROOT, load_function
 from tests.shop_receiver import SECRET as SHOP_SECRET
-from tests.test_ssm import SECRET_ID, SECRET_KEY, TOKEN, FakeSsm
+from tests.ssm_fixtures import SECRET_ID, SECRET_KEY, TOKEN, FakeSsm
 
 CONTEXT = {"time_limit_in_ms": 120_000, "request_id": "doctor"}
 DOCTOR = {"action": "doctor"}
@@ -35,19 +35,6 @@ MONGO_PASSWORD = "pw-DOCTOR-never-shown-7f3a"
 HEALTHY_SKIPS = {"apiv3_key", "ssm"}
 ACTION_ITEMS = ["ssm", "config.reconcile", "public_key_id", "notify_url", "mongodb", "indexes", "merchant_key",
                 "wechatpay_keys", "apiv3_key", "clock", "timeout", "cos", "fulfilment", "shipping"]
-
-
-@pytest.fixture
-def fake_ssm():
-    import threading
-
-    server = FakeSsm()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 @pytest.fixture

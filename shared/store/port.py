@@ -703,11 +703,11 @@ class OrderStore(ABC):
             raise StoreUnavailable("the probe record written to the store could not be deleted",
                                    details={"error": "ProbeNotDeleted"})
 
+    @abstractmethod
     def indexes_found(self) -> dict[str, tuple[Index, ...] | None]:
         """For each collection of INDEXES: the indexes the storage holds for it (names as the
         storage gives them), or None when the collection does not exist yet.  Read-only: it
         creates neither collections nor indexes."""
-        raise NotImplementedError(f"{type(self).__name__} cannot list its indexes")
 
     def index_differences(self) -> list[dict]:
         """What the storage lacks of the declared indexes: `{"collection", "index", "problem"}`
@@ -780,11 +780,11 @@ class OrderStore(ABC):
     def _count(self, collection: str, where: Where) -> int:
         """How many documents match."""
 
+    @abstractmethod
     def _delete_one(self, collection: str, where: Where) -> bool:
         """Delete one matching document: True when one was deleted (only `write_probe`
         deletes: facts and orders are never deleted)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot delete")
 
+    @abstractmethod
     def _delete_many(self, collection: str, where: Where) -> int:
         """Delete every matching document: how many (only expired notifications go so)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot delete")
